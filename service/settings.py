@@ -1,0 +1,73 @@
+"""Deployment settings, read once from `AMFT_*` environment variables.
+
+The defaults are the embedded mode: everything under one local folder (`AMFT_HOME`),
+SQLite for the job store and a SQLite-backed Celery broker, so `amft serve` needs no
+server. Production sets `AMFT_DATABASE_URL` and `AMFT_BROKER_URL` to PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All knobs of one deployment. Job-level choices live in the job spec instead."""
+
+    model_config = SettingsConfigDict(env_prefix="AMFT_", extra="ignore")
+
+    home: Path = Field(Path(".amft"), description="Root folder of the embedded default.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in home.")
+    broker_url: str | None = Field(None, description="Celery broker URL; default SQLite in home.")
+    artifacts_dir: Path | None = Field(None, description="Checkpoints and uploads; default home/artifacts.")
+    models_dir: Path | None = Field(None, description="Folder of local models named by `local:NAME`.")
+    cache_dir: Path | None = Field(None, description="Converted built-in models; default home/cache.")
+    datasets_dir: Path = Field(
+        Path("../shared/data"), description="Folder holding gsm8k/ and svamp/ for the named datasets."
+    )
+
+    # Limits a job spec is validated against.
+    max_total_steps: int = Field(100_000, description="Largest total_steps a job may ask for.")
+    max_tokens: int = Field(4096, description="Largest prompt or completion length in tokens.")
+    max_batch_size: int = Field(512, description="Largest SFT batch or RL prompts per step.")
+    max_generations: int = Field(64, description="Largest GRPO group size.")
+    max_upload_bytes: int = Field(50 * 1024 * 1024, description="Largest dataset upload.")
+
+    # Generation limits for /generate and evaluation.
+    generate_max_tokens: int = Field(1024, description="Cap on max_tokens of a generation request.")
+    generate_max_n: int = Field(16, description="Cap on n of a generation request.")
+    generate_max_prompts: int = Field(64, description="Cap on prompts in one generation request.")
+
+    # Job lifecycle.
+    lease_seconds: float = Field(60.0, description="A running job whose lease is older is reaped.")
+    heartbeat_seconds: float = Field(5.0, description="How often a worker renews its lease.")
+    max_attempts: int = Field(3, description="Attempts before a job that keeps dying is failed.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'amft.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.home / 'broker.db').resolve()}"
+
+    @property
+    def resolved_artifacts_dir(self) -> Path:
+        return (self.artifacts_dir or self.home / "artifacts").resolve()
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return (self.cache_dir or self.home / "cache").resolve()
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return (self.models_dir or self.home / "models").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings. Tests call `get_settings.cache_clear()` after changing env."""
+    return Settings()

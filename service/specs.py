@@ -1,0 +1,238 @@
+"""The job spec: everything one training run needs, as a validated pydantic model.
+
+A five-line spec works (`method`, `model`, `datasets` have defaults); every field has a
+description and unknown fields are rejected, so a typo never silently does nothing.
+Limits come from deployment settings, so an absurd value fails at validation with a
+message that names the field instead of failing hours into a run.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from service.settings import get_settings
+
+Method = Literal["amft", "sft", "grpo", "sft_then_grpo", "fixed", "chord"]
+
+MODEL_SOURCE = re.compile(
+    r"^(builtin:(tiny|smollm2-135m)"  # bundled models
+    r"|local:[A-Za-z0-9][A-Za-z0-9._-]{0,127}"  # a folder name under AMFT_MODELS_DIR
+    r"|hub:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95})$"  # a hub id
+)
+DATA_SOURCE = re.compile(
+    r"^(builtin:arithmetic|gsm8k|svamp"
+    r"|file:[0-9a-f]{32}"  # an uploaded JSONL file, by id
+    r"|hf:[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?)$"
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSourceSpec(Strict):
+    """One dataset: where it comes from, which split, how many records."""
+
+    source: str = Field(
+        "builtin:arithmetic",
+        description="builtin:arithmetic | gsm8k | svamp | file:<uploaded file id> | hf:<dataset id>.",
+    )
+    split: str = Field(
+        "train",
+        pattern=r"^[A-Za-z0-9_]{1,32}$",
+        description="Split name. builtin:arithmetic has train, validation, id (test) and ood.",
+    )
+    limit: int | None = Field(None, ge=1, le=1_000_000, description="Use at most this many records.")
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_]{1,32}$",
+        description="Label for eval metrics (eval_accuracy_<name>); defaults to the split.",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if not DATA_SOURCE.match(value):
+            raise ValueError(
+                "must be builtin:arithmetic, gsm8k, svamp, file:<32-hex file id> or hf:<dataset id>"
+            )
+        return value
+
+    @property
+    def label(self) -> str:
+        return self.name or self.split
+
+
+class DatasetsSpec(Strict):
+    """The four data streams of a run."""
+
+    sft: DataSourceSpec = Field(
+        DataSourceSpec(split="train"), description="Expert solutions for the SFT loss."
+    )
+    rl: DataSourceSpec = Field(
+        DataSourceSpec(split="train"), description="Prompts with answers for GRPO rollouts."
+    )
+    validation: DataSourceSpec = Field(
+        DataSourceSpec(split="validation"),
+        description="Held-out prompts (with answers or solutions) for the meta-gradient utility.",
+    )
+    eval: list[DataSourceSpec] = Field(
+        default_factory=lambda: [DataSourceSpec(split="id"), DataSourceSpec(split="ood")],
+        max_length=8,
+        description="Splits scored by greedy accuracy every eval_every steps.",
+    )
+
+
+class RewardSpec(Strict):
+    """The verifier that turns a completion into a reward."""
+
+    kind: Literal["math_verify"] = Field(
+        "math_verify", description="Answer equivalence with math-verify on the extracted answer."
+    )
+    format_weight: float = Field(
+        0.0, ge=0.0, le=1.0, description="Extra reward for an explicitly marked answer (\\boxed or ####)."
+    )
+
+
+class LoraSpec(Strict):
+    """Optional low-rank adapters (peft) instead of full fine-tuning."""
+
+    r: int = Field(8, ge=1, le=256, description="Adapter rank.")
+    alpha: int = Field(16, ge=1, le=1024, description="Adapter scaling numerator.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Adapter dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Module names that get adapters.",
+    )
+
+
+class TrainingSpec(Strict):
+    """Optimisation, batching and sampling settings."""
+
+    total_steps: int = Field(100, ge=1, description="Optimizer steps in the whole run.")
+    warmup_steps: int = Field(
+        10,
+        ge=0,
+        description="Pure-SFT steps before the controller starts (amft, chord); the switch point of sft_then_grpo.",
+    )
+    learning_rate: float = Field(1e-5, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate decay after lr_warmup_steps."
+    )
+    lr_warmup_steps: int = Field(0, ge=0, description="Linear learning-rate ramp at the start.")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
+    sft_batch_size: int = Field(4, ge=1, description="Expert examples per SFT step.")
+    rl_prompts_per_step: int = Field(4, ge=1, description="Prompts sampled per RL step.")
+    num_generations: int = Field(4, ge=2, description="Completions per prompt (GRPO group size).")
+    max_prompt_tokens: int = Field(256, ge=8, description="Prompts are left-truncated to this.")
+    max_completion_tokens: int = Field(128, ge=1, description="Tokens generated per rollout; SFT targets are truncated to it.")
+    temperature: float = Field(1.0, gt=0.0, le=2.0, description="Rollout sampling temperature.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Rollout nucleus sampling.")
+    clip_eps: float = Field(0.2, gt=0.0, lt=1.0, description="PPO ratio clip range.")
+    kl_beta: float = Field(0.0, ge=0.0, description="Weight of KL to the frozen initial policy (0 = no reference model).")
+    scale_rewards: bool = Field(True, description="Divide group advantages by the group std.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for data order, sampling and init.")
+    save_every: int = Field(50, ge=1, description="Checkpoint every this many steps (and at the end).")
+    eval_every: int | None = Field(None, ge=1, description="Greedy evaluation every this many steps.")
+    eval_limit: int = Field(200, ge=1, le=100_000, description="Items per eval split.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Training precision.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
+    lora: LoraSpec | None = Field(None, description="Train LoRA adapters instead of all weights.")
+
+
+class ControllerSpec(Strict):
+    """The mu schedule's parameters; which apply depends on the method."""
+
+    mu0: float = Field(0.8, ge=0.0, le=1.0, description="amft: mu at the end of warm-up.")
+    mu_min: float = Field(0.05, ge=0.0, le=1.0, description="Lower bound of mu (amft, chord).")
+    mu_max: float = Field(0.95, ge=0.0, le=1.0, description="Upper bound of mu (amft, chord).")
+    eta_H: float = Field(5e-4, ge=0.0, description="amft: step size of the entropy term (0 disables it).")
+    eta_meta: float = Field(
+        0.02, ge=0.0, description="amft: step size of the meta-gradient term (0 disables it)."
+    )
+    meta_interval: int = Field(20, ge=1, description="amft: a meta-gradient step every this many steps.")
+    meta_form: Literal["cosine", "raw"] = Field(
+        "cosine", description="cos(g_val,g_SFT)-cos(g_val,g_RL), or lr*<g_val, g_SFT-g_RL>."
+    )
+    meta_utility: Literal["reward", "nll"] = Field(
+        "reward", description="Validation utility: verifier reward (policy gradient) or expert NLL."
+    )
+    meta_val_prompts: int = Field(4, ge=1, description="Validation prompts per meta step.")
+    target_entropy: Literal["auto"] | float = Field(
+        "auto", description="H*: 'auto' measures it on rollouts at the end of warm-up, or a number in nats."
+    )
+    fixed_mu: float = Field(0.5, ge=0.0, le=1.0, description="fixed: the constant mu.")
+
+    @field_validator("target_entropy")
+    @classmethod
+    def _non_negative(cls, value: str | float) -> str | float:
+        if not isinstance(value, str) and value < 0:
+            raise ValueError("must be 'auto' or a non-negative number of nats")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> ControllerSpec:
+        if self.mu_min > self.mu_max:
+            raise ValueError(f"mu_min ({self.mu_min}) must not exceed mu_max ({self.mu_max})")
+        return self
+
+
+class JobSpec(Strict):
+    """A training job. Only `method` and `model` usually need setting."""
+
+    method: Method = Field("amft", description="The mu schedule: amft | sft | grpo | sft_then_grpo | fixed | chord.")
+    model: str = Field(
+        "builtin:tiny",
+        description="builtin:tiny | builtin:smollm2-135m | local:<folder in AMFT_MODELS_DIR> | hub:<org/name>.",
+    )
+    datasets: DatasetsSpec = Field(default_factory=DatasetsSpec, description="SFT, RL, validation and eval data.")
+    reward: RewardSpec = Field(default_factory=RewardSpec, description="The verifier.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation and sampling.")
+    controller: ControllerSpec = Field(default_factory=ControllerSpec, description="The mu schedule.")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if not MODEL_SOURCE.match(value):
+            raise ValueError(
+                "must be builtin:tiny, builtin:smollm2-135m, local:<folder name> or hub:<org/name>"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> JobSpec:
+        limits = get_settings()
+        t = self.training
+        checks = [
+            ("training.total_steps", t.total_steps, limits.max_total_steps),
+            ("training.max_prompt_tokens", t.max_prompt_tokens, limits.max_tokens),
+            ("training.max_completion_tokens", t.max_completion_tokens, limits.max_tokens),
+            ("training.sft_batch_size", t.sft_batch_size, limits.max_batch_size),
+            ("training.rl_prompts_per_step", t.rl_prompts_per_step, limits.max_batch_size),
+            ("training.num_generations", t.num_generations, limits.max_generations),
+        ]
+        for name, value, limit in checks:
+            if value > limit:
+                raise ValueError(f"{name} = {value} exceeds this deployment's limit of {limit}")
+        if t.warmup_steps > t.total_steps:
+            raise ValueError(
+                f"training.warmup_steps ({t.warmup_steps}) must not exceed training.total_steps ({t.total_steps})"
+            )
+        return self
+
+
+def spec_error_lines(error: Exception) -> list[str]:
+    """One line per problem, `field.path: message`, for CLI and HTTP error bodies."""
+    errors = getattr(error, "errors", None)
+    if errors is None:
+        return [str(error)]
+    lines = []
+    for item in errors():
+        where = ".".join(str(part) for part in item["loc"]) or "spec"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {message}")
+    return lines
