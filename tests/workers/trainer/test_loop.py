@@ -1,0 +1,107 @@
+"""The training loop end to end on the tiny model: every method, resume, stop, checkpoints."""
+
+import json
+
+import pytest
+
+from service.specs import JobSpec
+from workers.trainer.checkpoint import CheckpointError, latest_valid_checkpoint, verify_checkpoint
+from workers.trainer.hooks import TrainerHooks
+from workers.trainer.loop import train
+
+ALWAYS = {"step", "phase", "mu", "lr", "loss", "grad_norm", "step_seconds", "gen_seconds",
+          "train_seconds", "tokens_per_second"}
+RL_KEYS = {"reward_mean", "reward_std", "accuracy", "zero_signal_frac", "rl_loss", "entropy", "kl",
+           "clip_frac", "completion_tokens_mean"}
+
+
+def tiny_spec(method="amft", **training) -> JobSpec:
+    settings = dict(total_steps=10, warmup_steps=2, learning_rate=1e-3, sft_batch_size=4,
+                    rl_prompts_per_step=2, num_generations=4, max_completion_tokens=24, save_every=5)
+    return JobSpec.model_validate({
+        "method": method,
+        "model": "builtin:tiny",
+        "training": settings | training,
+        "controller": {"meta_interval": 3, "eta_H": 0.01, "fixed_mu": 0.5},
+    })
+
+
+def run_collecting(spec, out_dir, resume_from=None, stop_after=None):
+    points, checkpoints = [], []
+    hooks = TrainerHooks(
+        on_metrics=points.append,
+        on_checkpoint=lambda step, path: checkpoints.append((step, path)),
+        should_stop=lambda: stop_after is not None and points[-1]["step"] >= stop_after,
+    )
+    result = train(spec, out_dir, hooks, resume_from=resume_from)
+    return result, points, checkpoints
+
+
+@pytest.mark.parametrize("method", ["amft", "sft", "grpo", "sft_then_grpo", "fixed", "chord"])
+def test_every_method_runs_ten_steps(method, tmp_path):
+    result, points, checkpoints = run_collecting(tiny_spec(method), tmp_path)
+    assert result.status == "completed" and result.last_step == 10
+    assert [p["step"] for p in points] == list(range(1, 11))
+    assert [step for step, _ in checkpoints] == [5, 10]
+    for p in points:
+        assert ALWAYS <= p.keys()
+        assert 0.0 <= p["mu"] <= 1.0
+        has_rl = p["mu"] < 1
+        assert (RL_KEYS <= p.keys()) == has_rl, f"{method} step {p['step']}: RL metrics iff mu < 1"
+        assert ("sft_loss" in p) == (p["mu"] > 0)
+    if method == "amft":
+        assert [p["phase"] for p in points[:3]] == ["warmup", "warmup", "main"]
+        assert all(p["mu"] == 1.0 for p in points[:2])
+        assert all(0.05 <= p["mu"] <= 0.95 for p in points[2:])
+        assert "target_entropy" in points[-1]
+        assert [p["step"] for p in points if "meta_grad" in p] == [5, 8]
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+    spec = tiny_spec("amft", total_steps=12, save_every=6)
+    _, straight, _ = run_collecting(spec, tmp_path / "straight")
+
+    stopped, first_half, checkpoints = run_collecting(spec, tmp_path / "split", stop_after=6)
+    assert stopped.status == "stopped" and checkpoints[-1][0] == 6
+    resumed, second_half, _ = run_collecting(spec, tmp_path / "split", resume_from=checkpoints[-1][1])
+    assert resumed.status == "completed"
+
+    split = first_half + second_half
+    assert [p["step"] for p in split] == list(range(1, 13))
+    for a, b in zip(straight, split):
+        for key in ("mu", "loss", "sft_loss", "rl_loss", "reward_mean", "entropy", "meta_grad", "grad_norm"):
+            assert (key in a) == (key in b)
+            if key in a:
+                assert a[key] == pytest.approx(b[key], abs=1e-6), f"step {a['step']} {key}"
+
+
+def test_should_stop_saves_a_checkpoint_and_stops(tmp_path):
+    result, points, checkpoints = run_collecting(tiny_spec("sft"), tmp_path, stop_after=3)
+    assert result.status == "stopped" and result.last_step == 3
+    assert len(points) == 3 and checkpoints == [(3, result.last_checkpoint)]
+    verify_checkpoint(result.last_checkpoint)
+
+
+def test_checkpoint_holds_resume_state_and_corruption_is_detected(tmp_path):
+    result, _, checkpoints = run_collecting(tiny_spec("amft"), tmp_path)
+    latest = result.last_checkpoint
+    state = json.loads((latest / "trainer_state.json").read_text())
+    assert state["step"] == 10
+    assert {"mu", "target_entropy"} <= state["schedule"].keys()
+    assert {"sft", "rl", "validation"} <= state["streams"].keys()
+    assert not list(latest.rglob("*.bin")) and not list(latest.rglob("*.pt"))
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncate
+    with pytest.raises(CheckpointError, match="checksum"):
+        verify_checkpoint(latest)
+    assert latest_valid_checkpoint(tmp_path) == checkpoints[0][1]
+
+
+def test_eval_every_records_eval_accuracy(tmp_path):
+    spec = tiny_spec("sft", total_steps=4, eval_every=2, eval_limit=8)
+    _, points, _ = run_collecting(spec, tmp_path)
+    for p in points:
+        has_eval = p["step"] in (2, 4)
+        assert ("eval_accuracy_id" in p) == has_eval and ("eval_accuracy_ood" in p) == has_eval
+        if has_eval:
+            assert 0.0 <= p["eval_accuracy_id"] <= 1.0

@@ -1,0 +1,165 @@
+"""Atomic, pickle-free checkpoints that resume a run exactly.
+
+A checkpoint folder `checkpoints/step-000050/` holds:
+- the model as a `save_pretrained` folder (safetensors weights, config, tokenizer), so the
+  inference worker can load it directly; for LoRA runs the adapter plus base_model.json;
+- optimizer.safetensors + trainer_state.json: optimizer tensors, scheduler, RNG states,
+  data cursors and controller state (mu, H*, step) — no pickle anywhere;
+- manifest.json: the SHA-256 of every file, checked before a resume trusts the folder.
+It is written to a hidden temp folder and renamed into place, so a crash or a full disk
+never leaves a half-written checkpoint under a real name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from workers.trainer.models import save_model_folder
+
+MANIFEST = "manifest.json"
+STATE = "trainer_state.json"
+OPTIMIZER = "optimizer.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written, or a folder is not a valid checkpoint."""
+
+
+def checkpoint_dir(out_dir: Path, step: int) -> Path:
+    return out_dir / "checkpoints" / f"step-{step:06d}"
+
+
+def save_checkpoint(out_dir: Path, step: int, run_state: dict, model, tokenizer, optimizer, base_source: str) -> Path:
+    """Write the checkpoint for `step` atomically and return its folder."""
+    final = checkpoint_dir(out_dir, step)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir(parents=True)
+        save_model_folder(model, tokenizer, tmp, base_source)
+        tensors, optimizer_meta = _flatten_optimizer(optimizer.state_dict())
+        save_file(tensors, str(tmp / OPTIMIZER))
+        state = dict(run_state, step=step, optimizer=optimizer_meta, rng=_capture_rng(tmp))
+        (tmp / STATE).write_text(json.dumps(state))
+        _write_manifest(tmp)
+        if final.exists():  # a re-run of the same step after a crash: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not write checkpoint for step {step}: {error}") from error
+    return final
+
+
+def load_checkpoint(path: Path, model, optimizer) -> dict:
+    """Restore weights, optimizer and RNG from `path`; return the run state to resume from."""
+    verify_checkpoint(path)
+    state = json.loads((path / STATE).read_text())
+    _load_weights(model, path)
+    optimizer.load_state_dict(_unflatten_optimizer(load_file(str(path / OPTIMIZER)), state["optimizer"]))
+    _restore_rng(state["rng"], path)
+    return state
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise CheckpointError unless every file matches the manifest's checksum."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(f"{path.name}: no manifest, not a complete checkpoint")
+    expected = json.loads(manifest_path.read_text())
+    for name, digest in expected.items():
+        file = path / name
+        if not file.is_file() or _sha256(file) != digest:
+            raise CheckpointError(f"{path.name}: {name} is missing or corrupted (checksum mismatch)")
+
+
+def latest_valid_checkpoint(out_dir: Path) -> Path | None:
+    """The newest checkpoint under out_dir that passes verification; corrupt ones are skipped."""
+    folders = sorted((out_dir / "checkpoints").glob("step-*"), reverse=True)
+    for folder in folders:
+        try:
+            verify_checkpoint(folder)
+            return folder
+        except CheckpointError:
+            continue
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    manifest = {str(p.relative_to(folder)): _sha256(p) for p in files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into named tensors and a JSON-able remainder."""
+    tensors, scalars = {}, {}
+    for index, entry in state_dict["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in list(tensors.items()) + list(meta["scalars"].items()):
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _capture_rng(folder: Path) -> dict:
+    rng_tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            rng_tensors[f"cuda{i}"] = cuda_state
+    save_file(rng_tensors, str(folder / "rng.safetensors"))
+    version, internal, gauss = random.getstate()
+    return {"python": [version, list(internal), gauss], "cuda_devices": torch.cuda.device_count()}
+
+
+def _restore_rng(rng: dict, folder: Path) -> None:
+    tensors = load_file(str(folder / "rng.safetensors"))
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available() and rng["cuda_devices"] == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([tensors[f"cuda{i}"] for i in range(rng["cuda_devices"])])
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _load_weights(model, folder: Path) -> None:
+    """Copy saved weights into the live model (full weights, or LoRA adapter weights)."""
+    adapter = folder / "adapter_model.safetensors"
+    if adapter.is_file():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(adapter)))
+        return
+    weights: dict[str, torch.Tensor] = {}
+    for file in sorted(folder.glob("model*.safetensors")):
+        weights.update(load_file(str(file)))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight")} if model.config.tie_word_embeddings else set()
+    if unexpected or set(missing) - tied:
+        raise CheckpointError(f"{folder.name}: weights do not fit the model (missing {sorted(missing)[:3]})")
+    if tied:
+        model.tie_weights()

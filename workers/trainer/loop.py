@@ -1,0 +1,335 @@
+"""The AMFT training loop (DESIGN §2), top to bottom: setup, loop, checkpoint, cleanup.
+
+Every method runs this loop; only the mu schedule differs (schedules.make_schedule). Each
+step: sample rollouts if mu < 1, take an SFT batch if mu > 0, backpropagate
+mu * L_SFT + (1 - mu) * L_RL, clip, step AdamW, let the schedule observe the step's
+entropy (and, every K steps for AMFT, the meta-gradient), then report metrics.
+
+Metric names per step (the service and plots depend on them): step, phase, mu,
+reward_mean, reward_std, accuracy, zero_signal_frac, sft_loss, rl_loss, loss, entropy,
+target_entropy, meta_grad (meta steps), kl, clip_frac, grad_norm, lr,
+completion_tokens_mean, step_seconds, gen_seconds, train_seconds, tokens_per_second, and
+eval_accuracy_<split> at eval steps. RL metrics are absent on steps without rollouts.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from service.settings import get_settings
+from service.specs import JobSpec
+from workers.trainer import losses
+from workers.trainer.batching import completion_logits, encode_completion, encode_prompt, pack
+from workers.trainer.checkpoint import load_checkpoint, save_checkpoint
+from workers.trainer.data import BatchStream, load_records, require_answers
+from workers.trainer.evaluation import evaluate_splits, load_eval_sets
+from workers.trainer.hooks import Metrics, TrainerHooks, TrainResult
+from workers.trainer.models import load_policy
+from workers.trainer.rewards import is_correct, reward
+from workers.trainer.rollout import TransformersEngine
+from workers.trainer.schedules import MuSchedule, make_schedule, meta_gradient
+
+
+@dataclass
+class Run:
+    """Everything a step needs, built once by `setup`."""
+
+    spec: JobSpec
+    model: torch.nn.Module
+    tokenizer: object
+    reference: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LambdaLR
+    schedule: MuSchedule
+    engine: TransformersEngine
+    streams: dict[str, BatchStream]
+    eval_sets: dict[str, list[dict]]
+    device: torch.device
+
+
+@dataclass
+class Rollouts:
+    """One RL batch: P prompts x G completions, with rewards and GRPO advantages."""
+
+    prompts: list[list[int]]  # [P * G] prompt ids, each prompt repeated G times
+    completions: list[list[int]]  # [P * G] sampled ids
+    rewards: torch.Tensor  # [P * G]
+    correct: torch.Tensor  # [P * G] 0/1
+    advantages: torch.Tensor  # [P * G]
+    zero_signal: torch.Tensor  # [P] bool
+
+
+def train(spec: JobSpec, out_dir: Path, hooks: TrainerHooks | None = None, resume_from: Path | None = None) -> TrainResult:
+    """Run (or resume) the job the spec describes, writing checkpoints under out_dir."""
+    hooks = hooks or TrainerHooks()
+    out_dir = Path(out_dir)
+    run = setup(spec)
+    start_step = restore(run, resume_from) if resume_from else 0
+    last_checkpoint, last_saved_step = resume_from, start_step
+    total = spec.training.total_steps
+    step = start_step
+    for step in range(start_step + 1, total + 1):
+        point = train_step(run, step)
+        if spec.training.eval_every and (step % spec.training.eval_every == 0 or step == total):
+            point.update(evaluate_splits(run.engine, run.tokenizer, run.eval_sets, spec.training))
+        hooks.on_metrics(point)
+        stopping = hooks.should_stop()
+        if step % spec.training.save_every == 0 or step == total or stopping:
+            last_checkpoint = save(run, out_dir, step)
+            last_saved_step = step
+            hooks.on_checkpoint(step, last_checkpoint)
+        if stopping and step < total:
+            return TrainResult("stopped", step, last_checkpoint)
+    if last_saved_step != step:  # resumed at the very end: nothing new to save
+        last_checkpoint = save(run, out_dir, step)
+    return TrainResult("completed", step, last_checkpoint)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def setup(spec: JobSpec) -> Run:
+    """Seed, load model and data, build optimizer, LR schedule and mu schedule."""
+    t = spec.training
+    settings = get_settings()
+    random.seed(t.seed)
+    torch.manual_seed(t.seed)
+    device = torch.device("cuda" if t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available()) else "cpu")
+    dtype = torch.bfloat16 if t.dtype == "bfloat16" else torch.float32
+    model, tokenizer = load_policy(spec.model, settings, dtype=dtype, device=device)
+    if t.lora:
+        model = _with_lora(model, t.lora)
+    model.train()
+    reference = _frozen_copy(model) if t.kl_beta > 0 else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(spec))
+    schedule = make_schedule(spec)
+    engine = TransformersEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    streams = _data_streams(spec, schedule, settings)
+    eval_sets = load_eval_sets(spec, settings) if t.eval_every else {}
+    return Run(spec, model, tokenizer, reference, optimizer, lr_scheduler, schedule, engine, streams, eval_sets, device)
+
+
+def _data_streams(spec: JobSpec, schedule: MuSchedule, settings) -> dict[str, BatchStream]:
+    """Load only the data this method uses: no SFT data for pure GRPO, no RL data for SFT."""
+    total = spec.training.total_steps
+    mus = {schedule.mu(s) for s in range(1, total + 1)}
+    streams = {}
+    seed = spec.training.seed
+    if any(m > 0 for m in mus):
+        streams["sft"] = BatchStream(load_records(spec.datasets.sft, settings), seed)
+    if any(m < 1 for m in mus):
+        rl = load_records(spec.datasets.rl, settings)
+        require_answers(rl, "datasets.rl")
+        streams["rl"] = BatchStream(rl, seed + 1)
+    if spec.method == "amft" and spec.controller.eta_meta > 0:
+        streams["validation"] = BatchStream(load_records(spec.datasets.validation, settings), seed + 2)
+    return streams
+
+
+def _lr_lambda(spec: JobSpec):
+    t = spec.training
+
+    def factor(done: int) -> float:
+        if done < t.lr_warmup_steps:
+            return (done + 1) / t.lr_warmup_steps
+        progress = (done - t.lr_warmup_steps) / max(t.total_steps - t.lr_warmup_steps, 1)
+        if t.lr_schedule == "linear":
+            return max(1.0 - progress, 0.0)
+        if t.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    return factor
+
+
+def _with_lora(model, lora):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules)
+    return get_peft_model(model, config)
+
+
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    reference = copy.deepcopy(model).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    return reference
+
+
+# --------------------------------------------------------------------------- one step
+
+
+def train_step(run: Run, step: int) -> Metrics:
+    """One optimizer step of mu * L_SFT + (1 - mu) * L_RL; returns the step's metrics."""
+    started = time.perf_counter()
+    mu = run.schedule.mu(step)
+    point: Metrics = {"step": step, "phase": run.schedule.phase(step), "mu": mu, "lr": run.lr_scheduler.get_last_lr()[0]}
+
+    rollouts = None
+    if mu < 1:
+        rollouts = sample_rollouts(run, run.streams["rl"].next_batch(run.spec.training.rl_prompts_per_step))
+        point.update(rollout_metrics(rollouts))
+    gen_seconds = time.perf_counter() - started
+    sft_batch = run.streams["sft"].next_batch(run.spec.training.sft_batch_size) if mu > 0 else None
+
+    train_started = time.perf_counter()
+    # A meta step needs both gradients; with mu at 0 or 1 one of them does not exist.
+    meta = run.schedule.wants_meta(step) and sft_batch is not None and rollouts is not None
+    if meta:
+        stats = meta_backward(run, mu, sft_batch, rollouts)
+    else:
+        stats = weighted_backward(run, mu, sft_batch, rollouts)
+    tokens = stats.pop("_tokens")
+    point.update(stats)
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    point["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, run.spec.training.max_grad_norm))
+    run.optimizer.step()
+    run.lr_scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    train_seconds = time.perf_counter() - train_started
+
+    run.schedule.observe(step, point.get("entropy"), point.get("meta_grad"))
+    if run.schedule.target_entropy is not None:
+        point["target_entropy"] = run.schedule.target_entropy
+    step_seconds = time.perf_counter() - started
+    point.update(step_seconds=step_seconds, gen_seconds=gen_seconds, train_seconds=train_seconds)
+    point["tokens_per_second"] = tokens / step_seconds
+    return point
+
+
+def sample_rollouts(run: Run, records: list[dict]) -> Rollouts:
+    """Sample G completions per prompt from the current policy and score them."""
+    t = run.spec.training
+    prompts = [encode_prompt(run.tokenizer, r["prompt"], t.max_prompt_tokens) for r in records]
+    completions = run.engine.generate(prompts, t.num_generations, t.max_completion_tokens, t.temperature, t.top_p)
+    texts = run.tokenizer.batch_decode(completions, skip_special_tokens=True)
+    answers = [r["answer"] for r in records for _ in range(t.num_generations)]
+    rewards = torch.tensor([reward(x, a, run.spec.reward.format_weight) for x, a in zip(texts, answers)])
+    correct = torch.tensor([float(is_correct(x, a)) for x, a in zip(texts, answers)])
+    advantages, zero_signal = losses.group_advantages(rewards, t.num_generations, t.scale_rewards)
+    repeated = [p for p in prompts for _ in range(t.num_generations)]
+    return Rollouts(repeated, completions, rewards, correct, advantages, zero_signal)
+
+
+def rollout_metrics(rollouts: Rollouts) -> Metrics:
+    return {
+        "reward_mean": rollouts.rewards.mean().item(),
+        "reward_std": rollouts.rewards.std().item() if len(rollouts.rewards) > 1 else 0.0,
+        "accuracy": rollouts.correct.mean().item(),
+        "zero_signal_frac": rollouts.zero_signal.float().mean().item(),
+        "completion_tokens_mean": sum(len(c) for c in rollouts.completions) / len(rollouts.completions),
+    }
+
+
+def weighted_backward(run: Run, mu: float, sft_batch, rollouts) -> Metrics:
+    """Accumulate grad of mu * L_SFT + (1 - mu) * L_RL; a zero-weight loss is not computed."""
+    stats: Metrics = {"_tokens": 0, "loss": 0.0}
+    if sft_batch is not None:
+        stats.update(sft_backward(run, sft_batch, weight=mu))
+        stats["loss"] += mu * stats["sft_loss"]
+    if rollouts is not None:
+        stats.update(rl_backward(run, rollouts, weight=1.0 - mu))
+        stats["loss"] += (1.0 - mu) * stats["rl_loss"]
+    stats["_tokens"] = stats.pop("_sft_tokens", 0) + stats.pop("_rl_tokens", 0)
+    return stats
+
+
+def meta_backward(run: Run, mu: float, sft_batch, rollouts) -> Metrics:
+    """Like weighted_backward, but keep g_SFT and g_RL apart to compute the meta-gradient m_t."""
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    g_val = validation_gradient(run, params)
+    run.optimizer.zero_grad(set_to_none=True)
+    stats = sft_backward(run, sft_batch, weight=1.0)
+    g_sft = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+    run.optimizer.zero_grad(set_to_none=True)
+    stats.update(rl_backward(run, rollouts, weight=1.0))
+    g_rl = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    form, lr = run.spec.controller.meta_form, run.lr_scheduler.get_last_lr()[0]
+    stats["meta_grad"] = meta_gradient(g_val, g_sft, g_rl, form, lr)
+    for p, gs, gr in zip(params, g_sft, g_rl):
+        p.grad = mu * gs + (1.0 - mu) * gr
+    stats["loss"] = mu * stats["sft_loss"] + (1.0 - mu) * stats["rl_loss"]
+    stats["_tokens"] = stats.pop("_sft_tokens") + stats.pop("_rl_tokens")
+    return stats
+
+
+def validation_gradient(run: Run, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    """Gradient of L_val = -U on a held-out batch (reward utility, or expert NLL)."""
+    c = run.spec.controller
+    records = run.streams["validation"].next_batch(c.meta_val_prompts)
+    run.optimizer.zero_grad(set_to_none=True)
+    if c.meta_utility == "nll":
+        sft_backward(run, records, weight=1.0)
+    else:
+        # Policy gradient of expected reward: advantage = reward - group mean, unscaled.
+        rollouts = sample_rollouts(run, records)
+        centred = rollouts.rewards.view(-1, run.spec.training.num_generations)
+        rollouts.advantages = (centred - centred.mean(dim=1, keepdim=True)).flatten()
+        rl_backward(run, rollouts, weight=1.0, with_kl=False)
+    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+def sft_backward(run: Run, records: list[dict], weight: float) -> Metrics:
+    """Backpropagate weight * L_SFT on expert completions; prompt tokens carry no loss."""
+    t = run.spec.training
+    prompts = [encode_prompt(run.tokenizer, r["prompt"], t.max_prompt_tokens) for r in records]
+    targets = [encode_completion(run.tokenizer, r["completion"], t.max_completion_tokens) for r in records]
+    batch = pack(prompts, targets, run.tokenizer.pad_token_id).to(run.device)
+    logprobs = losses.token_logprobs(completion_logits(run.model, batch), batch.targets)
+    loss = losses.sft_loss(logprobs, batch.completion_mask)
+    (weight * loss).backward()
+    return {"sft_loss": loss.item(), "_sft_tokens": int(batch.attention_mask.sum())}
+
+
+def rl_backward(run: Run, rollouts: Rollouts, weight: float, with_kl: bool = True) -> Metrics:
+    """Backpropagate weight * L_RL (GRPO) on the rollouts; also measure their entropy."""
+    t = run.spec.training
+    batch = pack(rollouts.prompts, rollouts.completions, run.tokenizer.pad_token_id).to(run.device)
+    logits = completion_logits(run.model, batch) / t.temperature
+    logprobs = losses.token_logprobs(logits, batch.targets)
+    entropy = losses.masked_mean(losses.token_entropy(logits), batch.completion_mask).item()
+    del logits
+    ref_logprobs = None
+    if with_kl and run.reference is not None:
+        with torch.no_grad():
+            ref_logits = completion_logits(run.reference, batch) / t.temperature
+            ref_logprobs = losses.token_logprobs(ref_logits, batch.targets)
+    # One update per rollout batch, so the sampling policy is the current one: old = detached.
+    loss, extra = losses.grpo_loss(
+        logprobs, logprobs.detach(), rollouts.advantages.to(run.device), batch.completion_mask,
+        t.clip_eps, ref_logprobs, t.kl_beta,
+    )
+    (weight * loss).backward()
+    return {"rl_loss": loss.item(), "entropy": entropy, **extra, "_rl_tokens": int(batch.attention_mask.sum())}
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+
+def save(run: Run, out_dir: Path, step: int) -> Path:
+    """Checkpoint everything a resume needs: weights, optimizer, LR and mu schedules, data cursors."""
+    state = {
+        "lr_scheduler": run.lr_scheduler.state_dict(),
+        "schedule": run.schedule.state_dict(),
+        "streams": {name: stream.state_dict() for name, stream in run.streams.items()},
+    }
+    return save_checkpoint(out_dir, step, state, run.model, run.tokenizer, run.optimizer, run.spec.model)
+
+
+def restore(run: Run, path: Path) -> int:
+    """Load a checkpoint into the run; returns the step it was taken after."""
+    state = load_checkpoint(Path(path), run.model, run.optimizer)
+    run.lr_scheduler.load_state_dict(state["lr_scheduler"])
+    run.schedule.load_state_dict(state["schedule"])
+    for name, stream_state in state["streams"].items():
+        run.streams[name].load_state_dict(stream_state)
+    return int(state["step"])
