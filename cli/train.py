@@ -65,10 +65,13 @@ class ProgressPrinter:
 
 def run(args) -> int:
     spec = load_spec(args.spec)
+    from transformers.utils import logging as transformers_logging
+
     from workers.trainer.checkpoint import latest_valid_checkpoint
     from workers.trainer.hooks import TrainerHooks
     from workers.trainer.loop import train
 
+    transformers_logging.disable_progress_bar()  # it would break the one-line progress display
     args.out.mkdir(parents=True, exist_ok=True)
     resume_from = latest_valid_checkpoint(args.out) if args.resume else None
     printer = ProgressPrinter(args.out / "metrics.jsonl", spec.training.total_steps, args.quiet)

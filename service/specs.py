@@ -132,6 +132,9 @@ class TrainingSpec(Strict):
     max_completion_tokens: int = Field(128, ge=1, description="Tokens generated per rollout; SFT targets are truncated to it.")
     temperature: float = Field(1.0, gt=0.0, le=2.0, description="Rollout sampling temperature.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Rollout nucleus sampling.")
+    micro_batch_size: int = Field(
+        8, ge=1, description="Rows per forward/backward pass; bounds activation memory, not the maths."
+    )
     clip_eps: float = Field(0.2, gt=0.0, lt=1.0, description="PPO ratio clip range.")
     kl_beta: float = Field(0.0, ge=0.0, description="Weight of KL to the frozen initial policy (0 = no reference model).")
     scale_rewards: bool = Field(True, description="Divide group advantages by the group std.")

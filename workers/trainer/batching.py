@@ -44,6 +44,11 @@ class PackedBatch:
     def to(self, device: torch.device | str) -> PackedBatch:
         return PackedBatch(*(t.to(device) for t in vars(self).values()))
 
+    def micro_batches(self, rows: int) -> list[PackedBatch]:
+        """Consecutive row slices of at most `rows` rows each."""
+        size = self.input_ids.shape[0]
+        return [PackedBatch(*(t[i : i + rows] for t in vars(self).values())) for i in range(0, size, rows)]
+
 
 def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> PackedBatch:
     """Pack (prompt, completion) id lists into one right-aligned-prompt batch."""

@@ -286,32 +286,55 @@ def sft_backward(run: Run, records: list[dict], weight: float) -> Metrics:
     prompts = [encode_prompt(run.tokenizer, r["prompt"], t.max_prompt_tokens) for r in records]
     targets = [encode_completion(run.tokenizer, r["completion"], t.max_completion_tokens) for r in records]
     batch = pack(prompts, targets, run.tokenizer.pad_token_id).to(run.device)
-    logprobs = losses.token_logprobs(completion_logits(run.model, batch), batch.targets)
-    loss = losses.sft_loss(logprobs, batch.completion_mask)
-    (weight * loss).backward()
-    return {"sft_loss": loss.item(), "_sft_tokens": int(batch.attention_mask.sum())}
+    total = batch.completion_mask.sum()
+    loss_value = 0.0
+    for part in batch.micro_batches(t.micro_batch_size):
+        # share * token-mean over the part = this part's sum over the whole batch's tokens.
+        share = part.completion_mask.sum() / total
+        logprobs = losses.token_logprobs(completion_logits(run.model, part), part.targets)
+        loss = losses.sft_loss(logprobs, part.completion_mask)
+        (weight * share * loss).backward()
+        loss_value += (share * loss).item()
+    return {"sft_loss": loss_value, "_sft_tokens": int(batch.attention_mask.sum())}
 
 
 def rl_backward(run: Run, rollouts: Rollouts, weight: float, with_kl: bool = True) -> Metrics:
     """Backpropagate weight * L_RL (GRPO) on the rollouts; also measure their entropy."""
     t = run.spec.training
     batch = pack(rollouts.prompts, rollouts.completions, run.tokenizer.pad_token_id).to(run.device)
-    logits = completion_logits(run.model, batch) / t.temperature
-    logprobs = losses.token_logprobs(logits, batch.targets)
-    entropy = losses.masked_mean(losses.token_entropy(logits), batch.completion_mask).item()
-    del logits
-    ref_logprobs = None
-    if with_kl and run.reference is not None:
-        with torch.no_grad():
-            ref_logits = completion_logits(run.reference, batch) / t.temperature
-            ref_logprobs = losses.token_logprobs(ref_logits, batch.targets)
-    # One update per rollout batch, so the sampling policy is the current one: old = detached.
-    loss, extra = losses.grpo_loss(
-        logprobs, logprobs.detach(), rollouts.advantages.to(run.device), batch.completion_mask,
-        t.clip_eps, ref_logprobs, t.kl_beta,
-    )
-    (weight * loss).backward()
-    return {"rl_loss": loss.item(), "entropy": entropy, **extra, "_rl_tokens": int(batch.attention_mask.sum())}
+    advantages = rollouts.advantages.to(run.device)
+    total = batch.completion_mask.sum()
+    sums = {"rl_loss": 0.0, "entropy": 0.0, "clip_frac": 0.0, "kl": 0.0}
+    for start, part in zip(range(0, len(advantages), t.micro_batch_size), batch.micro_batches(t.micro_batch_size)):
+        share = part.completion_mask.sum() / total
+        logits = _tempered(completion_logits(run.model, part), t.temperature)
+        logprobs = losses.token_logprobs(logits, part.targets)
+        entropy = losses.masked_mean(losses.token_entropy(logits), part.completion_mask).item()
+        del logits
+        ref_logprobs = _reference_logprobs(run, part) if with_kl else None
+        # One update per rollout batch, so the sampling policy is the current one: old = detached.
+        loss, extra = losses.grpo_loss(
+            logprobs, logprobs.detach(), advantages[start : start + t.micro_batch_size],
+            part.completion_mask, t.clip_eps, ref_logprobs, t.kl_beta,
+        )
+        (weight * share * loss).backward()
+        share = share.item()
+        for key, value in (("rl_loss", loss.item()), ("entropy", entropy), *extra.items()):
+            sums[key] += share * value
+    return {**sums, "_rl_tokens": int(batch.attention_mask.sum())}
+
+
+def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The sampling distribution's logits (generation divides by the temperature too)."""
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def _reference_logprobs(run: Run, part) -> torch.Tensor | None:
+    if run.reference is None:
+        return None
+    with torch.no_grad():
+        logits = _tempered(completion_logits(run.reference, part), run.spec.training.temperature)
+        return losses.token_logprobs(logits, part.targets)
 
 
 # --------------------------------------------------------------------------- checkpoint

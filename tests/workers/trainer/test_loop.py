@@ -105,3 +105,16 @@ def test_eval_every_records_eval_accuracy(tmp_path):
         assert ("eval_accuracy_id" in p) == has_eval and ("eval_accuracy_ood" in p) == has_eval
         if has_eval:
             assert 0.0 <= p["eval_accuracy_id"] <= 1.0
+
+
+def test_micro_batches_change_memory_not_maths(tmp_path):
+    """Splitting a step's rows into micro-batches gives the same loss and gradient."""
+    from workers.trainer.loop import setup, train_step
+
+    points = []
+    for rows in (16, 3):
+        run = setup(tiny_spec("fixed", total_steps=1, warmup_steps=0, micro_batch_size=rows))
+        points.append(train_step(run, 1))
+    whole, split = points
+    for key in ("loss", "sft_loss", "rl_loss", "entropy", "grad_norm", "reward_mean"):
+        assert whole[key] == pytest.approx(split[key], rel=1e-5, abs=1e-6), key
