@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +46,44 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(60.0, description="A running job whose lease is older is reaped.")
     heartbeat_seconds: float = Field(5.0, description="How often a worker renews its lease.")
     max_attempts: int = Field(3, description="Attempts before a job that keeps dying is failed.")
+    reaper_seconds: float = Field(
+        10.0, description="How often the reaper looks for expired leases (0 disables it in this process)."
+    )
+    requeue_unclaimed_seconds: float = Field(
+        300.0, description="A job queued this long without a claim is republished (lost broker message)."
+    )
+
+    # Service process.
+    api_host: str = Field("127.0.0.1", description="Where `amft serve` listens.")
+    api_port: int = Field(8000, description="Port of `amft serve`.")
+    max_request_bytes: int = Field(1024 * 1024, description="Largest JSON request body (uploads: max_upload_bytes).")
+    broker_prefix: str = Field("", description="Prefix for every broker key (Redis), to share one Redis.")
+    # Default 0 (issue 6, case 18): a revoked key must fail on the very next request. A
+    # deployment may trade that for fewer key lookups by setting a few seconds here.
+    auth_cache_seconds: float = Field(
+        0.0, description="How long an API process trusts a verified key (a revocation takes this long); 0 = off."
+    )
+
+    # Inference worker (issue 4): engines, micro-batching, evaluation.
+    inference_backend: Literal["auto", "transformers", "vllm"] = Field(
+        "auto", description="Generation backend; auto = vllm when importable and CUDA is present."
+    )
+    inference_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="transformers backend device.")
+    inference_cache_bytes: int = Field(
+        8 * 1024**3, description="Memory bound of the engine cache (LRU over loaded checkpoints)."
+    )
+    inference_batch_window_ms: float = Field(
+        5.0, description="How long a request waits for others to share its generate call."
+    )
+    inference_max_batch_rows: int = Field(64, description="Most sequences decoded in one generate call.")
+    inference_timeout_seconds: float = Field(
+        120.0, description="How long /generate waits for the inference worker before answering 504."
+    )
+    inference_concurrency: int = Field(8, description="Threads of the inference worker (concurrent tasks).")
+    inference_torch_threads: int | None = Field(None, description="torch intra-op threads in the inference worker.")
+    vllm_gpu_memory_utilization: float = Field(0.85, description="vLLM's share of GPU memory per engine.")
+    vllm_max_lora_rank: int = Field(64, description="Largest LoRA rank the vLLM engine accepts.")
+    evaluation_max_items: int = Field(2000, description="Most dataset items one evaluation may score.")
 
     @property
     def resolved_database_url(self) -> str:

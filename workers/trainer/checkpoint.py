@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from workers.trainer.models import save_model_folder
@@ -53,7 +54,9 @@ def save_checkpoint(out_dir: Path, step: int, run_state: dict, model, tokenizer,
         if final.exists():  # a re-run of the same step after a crash: replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except OSError as error:
+    except (OSError, SafetensorError) as error:
+        # safetensors reports a full disk as SafetensorError, not OSError (issue 6, case 8):
+        # either way the partial folder goes, so a full disk leaves no half checkpoint.
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not write checkpoint for step {step}: {error}") from error
     return final

@@ -1,0 +1,69 @@
+"""The FastAPI application. Start it with `amft serve`, or in production with
+
+    uvicorn --factory api.app:create_app --host 0.0.0.0 --port 8000 --workers 2
+
+Each process also runs a reaper thread (see service.reaper).
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import Callable
+
+from fastapi import FastAPI
+
+from api.errors import BodyLimit, install_error_handlers
+from api.observability import PrometheusMiddleware
+from api.observability import router as health_router
+from api.routes.evaluations import router as evaluations_router
+from api.routes.files import router as files_router
+from api.routes.generate import router as generate_router
+from api.routes.jobs import router as jobs_router
+from api.routes.openai_compat import router as openai_router
+from service.auth import PrincipalCache
+from service.db import get_database
+from service.reaper import Reaper
+from service.settings import Settings, get_settings
+
+
+def create_app(
+    settings: Settings | None = None,
+    publish: Callable[[str], None] | None = None,
+    broker_ping: Callable[[], None] | None = None,
+) -> FastAPI:
+    """Build the app for `settings` (default: from the environment). `publish`/`broker_ping`
+    default to the Celery broker of those settings."""
+    settings = settings or get_settings()
+    if publish is None or broker_ping is None:
+        from workers.celery_app import Broker  # celery only; no torch
+
+        broker = Broker(settings)
+        publish, broker_ping = publish or broker.publish_train, broker_ping or broker.ping
+    db = get_database(settings.resolved_database_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        reaper = Reaper(db, publish, settings.reaper_seconds, settings.requeue_unclaimed_seconds).start()
+        yield
+        reaper.stop()
+
+    app = FastAPI(title="AMFT training service", version="0.1.0", lifespan=lifespan)
+    app.state.settings, app.state.db = settings, db
+    app.state.publish, app.state.broker_ping = publish, broker_ping
+    app.state.principals = PrincipalCache(settings.auth_cache_seconds)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, exempt=("/files",))
+    app.add_middleware(PrometheusMiddleware)
+    for router in (jobs_router, files_router, health_router):
+        app.include_router(router)
+    _add_inference(app, settings)
+    return app
+
+
+def _add_inference(app: FastAPI, settings: Settings) -> None:
+    """Generation, OpenAI-compatible and evaluation routes, served by the inference worker."""
+    from workers.inference.client import InferenceClient  # celery + redis only; no torch
+
+    app.state.inference = InferenceClient(settings)
+    for router in (generate_router, openai_router, evaluations_router):
+        app.include_router(router)

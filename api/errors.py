@@ -1,0 +1,145 @@
+"""How failures become HTTP answers, and the request-size guard.
+
+Every error body is `{"detail": "<what to fix>", "problems": ["<one per problem>", ...]}`.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import (
+    Conflict,
+    GatewayTimeout,
+    InvalidInput,
+    NotFound,
+    ServiceError,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
+from service.specs import spec_error_lines
+
+STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422, TooLarge: 413, Unauthorized: 401}
+STATUS |= {Unavailable: 503, GatewayTimeout: 504}  # inference (issue 4)
+DB_RETRY_AFTER_SECONDS = 5
+
+
+def error_response(status: int, problems: list[str], headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": "; ".join(problems), "problems": problems}, status_code=status, headers=headers)
+
+
+ERROR_SCHEMA = {
+    "title": "Error",
+    "type": "object",
+    "required": ["detail", "problems"],
+    "properties": {
+        "detail": {"type": "string", "description": "What to fix (all problems, joined)."},
+        "problems": {"type": "array", "items": {"type": "string"}, "description": "One line per problem."},
+    },
+}
+
+
+def document_errors(app: FastAPI) -> None:
+    """Make the OpenAPI schema describe the error bodies these handlers send (issue 6,
+    case 22, Schemathesis): FastAPI documents 422 as {"detail": [ValidationError]}, but
+    every error here is {"detail": str, "problems": [str]}. That schema replaces it, and
+    is every operation's `default` response (401, 404, 409, 413, 503, ...)."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas.pop("HTTPValidationError", None)
+            schemas.pop("ValidationError", None)
+            schemas["Error"] = ERROR_SCHEMA
+            error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    responses = operation.setdefault("responses", {})
+                    if "422" in responses:
+                        responses["422"] = {"description": "Invalid request; `detail` says what to fix", **error}
+                    responses.setdefault("default", {"description": "Error; `detail` says what to fix", **error})
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map domain errors, validation errors and pathological JSON to 4xx answers."""
+    document_errors(app)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_request: Request, error: ServiceError) -> JSONResponse:
+        status = next((code for cls, code in STATUS.items() if isinstance(error, cls)), 400)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return error_response(status, error.problems, headers)
+
+    async def _database_unavailable(_request: Request, _error: Exception) -> JSONResponse:
+        # The database is restarting or failing over (issue 6, case 7): a 503 the client can
+        # retry, not a 500. Nothing was changed: the transaction rolled back.
+        return error_response(503, ["the job database is unavailable right now; retry shortly"],
+                              {"Retry-After": str(DB_RETRY_AFTER_SECONDS)})
+
+    for error_class in (OperationalError, InterfaceError, PoolTimeout):
+        app.add_exception_handler(error_class, _database_unavailable)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = []
+        for item in error.errors():
+            loc = [str(part) for part in item.get("loc", ())]
+            if loc and loc[0] in ("body", "query", "path", "header"):
+                loc = loc[1:] if loc[0] == "body" else loc
+            where = ".".join(loc) or "body"
+            message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+            if item.get("type") == "extra_forbidden":
+                message = "unknown field; remove it (see GET /docs for the job spec's fields)"
+            elif item.get("type") == "json_invalid":
+                message = "the body is not valid JSON: " + str(item.get("ctx", {}).get("error", message))
+            problems.append(f"{where}: {message}")
+        return error_response(422, problems or spec_error_lines(error))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 400 and "parsing the body" in str(error.detail):
+            # FastAPI's answer when the JSON decoder itself fails (e.g. nesting too deep).
+            return error_response(422, ["body: cannot be parsed as JSON (malformed or nested too deeply)"])
+        return error_response(error.status_code, [str(error.detail)], getattr(error, "headers", None))
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over `max_bytes` with 413 before reading them
+    (Content-Length) or as soon as the streamed total passes the cap. Paths in `exempt`
+    enforce their own, larger cap while streaming (uploads)."""
+
+    def __init__(self, app, max_bytes: int, exempt: tuple[str, ...] = ()):
+        self.app, self.max_bytes, self.exempt = app, max_bytes, exempt
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            response = error_response(413, [self._message()])
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:  # an HTTPException passes FastAPI's body parsing as is
+                    raise StarletteHTTPException(413, self._message())
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+    def _message(self) -> str:
+        return f"body: larger than this deployment's limit of {self.max_bytes} bytes for a request"

@@ -1,0 +1,25 @@
+"""POST /generate: completions from any checkpoint (or a built-in base model).
+
+Thin: validate, one service call, return. The call runs on the inference worker (queue
+`inference`) and waits up to AMFT_INFERENCE_TIMEOUT_SECONDS (504 after that).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from api.deps import principal
+from service import inference
+from service.auth import Principal
+from service.inference import GenerateRequest
+
+router = APIRouter(tags=["generate"])
+
+
+@router.post("/generate")
+def generate(body: GenerateRequest, request: Request, who: Principal = Depends(principal)) -> dict:
+    """`model`: `<job_id>` (latest checkpoint), `<job_id>:<step>` or `base:builtin:tiny`.
+    Prompts are texts or chat conversations; each gets `n` completions with token counts
+    and finish reasons (`stop` or `length`)."""
+    state = request.app.state
+    return inference.generate(state.db, who.tenant_id, body, state.inference.generate)

@@ -1,0 +1,52 @@
+"""OpenAI-compatible endpoints over the same engine: /v1/models, /v1/completions,
+/v1/chat/completions (plain, or Server-Sent Events with `stream: true`). The tenant's API
+key is the bearer token, so the official `openai` client works with
+`OpenAI(base_url="http://host:port/v1", api_key=<key>)`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from api.deps import principal
+from service import openai_compat
+from service.auth import Principal
+from service.openai_compat import ChatRequest, CompletionRequest
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+# With `stream: true` the 200 is Server-Sent Events; documented so the schema matches (issue 6, case 22).
+SSE_EVENT = {"type": "object", "properties": {"data": {"type": "string"}}}
+STREAMED = {200: {"content": {"application/json": {}, "text/event-stream": {"schema": SSE_EVENT}}}}
+
+
+@router.get("/models")
+def models(request: Request, who: Principal = Depends(principal)) -> dict:
+    """Your jobs (latest checkpoint), each checkpoint (`<job_id>:<step>`) and the base models."""
+    return openai_compat.models(request.app.state.db, who.tenant_id)
+
+
+@router.post("/completions", responses=STREAMED)
+def completions(body: CompletionRequest, request: Request, who: Principal = Depends(principal)):
+    state = request.app.state
+    response = openai_compat.completions(state.db, who.tenant_id, body, state.inference.generate)
+    return _sse(openai_compat.completion_chunks(response)) if body.stream else response
+
+
+@router.post("/chat/completions", responses=STREAMED)
+def chat_completions(body: ChatRequest, request: Request, who: Principal = Depends(principal)):
+    state = request.app.state
+    response = openai_compat.chat(state.db, who.tenant_id, body, state.inference.generate)
+    return _sse(openai_compat.chat_chunks(response)) if body.stream else response
+
+
+def _sse(chunks: Iterator[dict]) -> StreamingResponse:
+    def lines() -> Iterator[str]:
+        for chunk in chunks:
+            yield f"data: {json.dumps(chunk)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,354 @@
+"""The job lifecycle: the only module that changes a job's status.
+
+    queued --claim--> running --finish--> succeeded | cancelled
+      ^                 |  \\--fail-----> failed
+      |                 |   \\-release (worker shutting down)--> queued
+      +--reap (lease expired, attempts left)--+      (no attempts left: failed)
+    queued --cancel--> cancelled (at once); running --cancel--> flag, the loop stops
+
+Every change is a conditional UPDATE, so two API processes, reapers and workers can race
+safely. `attempt` is a fencing token: `claim` bumps it, and every later write by a worker
+(`fence`) requires it unchanged and the job still running; a worker that lost its lease
+gets `Fenced` and writes nothing. Celery messages are published only after the commit,
+and any lost message is made good by `reap`, which republishes jobs left queued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Callable
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.db import Database
+from service.errors import Conflict, Fenced, InvalidInput, NotFound
+from service.models import TERMINAL, Checkpoint, File, Job, JobEvent, MetricPoint, utcnow
+from service.specs import JobSpec
+
+log = logging.getLogger(__name__)
+Publish = Callable[[str], None]  # sends the train task for a job id (workers.celery_app)
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker holds while it runs a job: the fencing token and where to resume."""
+
+    job_id: str
+    attempt: int
+    spec: dict
+    lease_seconds: float
+    resume_step: int = 0
+    resume_path: str | None = None  # relative to the artifacts folder
+
+
+# ------------------------------------------------------------------------ API side
+
+
+def create_job(
+    db: Database, tenant_id: str, spec: JobSpec, idempotency_key: str | None, publish: Publish, max_attempts: int
+) -> tuple[Job, bool]:
+    """Store a new queued job and wake a worker; returns (job, created).
+
+    With an Idempotency-Key, a repeat of the same spec returns the first job (created is
+    False) and a different spec under the same key raises InvalidInput.
+    """
+    if idempotency_key is not None and not IDEMPOTENCY_KEY.match(idempotency_key):
+        raise InvalidInput("Idempotency-Key must be 1-255 visible ASCII characters (no spaces), e.g. a UUID")
+    spec_json = spec.model_dump(mode="json")
+    spec_hash = hashlib.sha256(json.dumps(spec_json, sort_keys=True).encode()).hexdigest()
+    try:
+        with db.transaction() as session:
+            existing = _job_for_key(session, tenant_id, idempotency_key, spec_hash)
+            if existing is not None:
+                return existing, False
+            _check_files(session, tenant_id, spec)
+            job = Job(
+                id=uuid.uuid4().hex,
+                tenant_id=tenant_id,
+                status="queued",
+                spec=spec_json,
+                spec_hash=spec_hash,
+                idempotency_key=idempotency_key,
+                total_steps=spec.training.total_steps,
+                max_attempts=max_attempts,
+            )
+            session.add(job)
+            session.flush()
+            _event(session, job.id, 0, "created", f"queued ({spec.method}, {spec.training.total_steps} steps)")
+    except IntegrityError:  # a concurrent request with the same key won the insert
+        with db.transaction() as session:
+            existing = _job_for_key(session, tenant_id, idempotency_key, spec_hash)
+        if existing is None:
+            raise
+        return existing, False
+    _publish(publish, job.id)
+    return job, True
+
+
+def cancel_job(db: Database, tenant_id: str, job_id: str) -> Job:
+    """Cancel a queued job at once, or flag a running one (its loop saves and stops).
+
+    Raises NotFound for another tenant's job and Conflict for a finished one.
+    """
+    with db.transaction() as session:
+        job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id).with_for_update())
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        if job.status in TERMINAL:
+            raise Conflict(f"job {job_id} already ended ({job.status}); only queued or running jobs can be cancelled")
+        if job.status == "queued":
+            job.status, job.finished_at = "cancelled", utcnow()
+            _event(session, job.id, job.attempt, "cancelled", "cancelled before it started")
+        elif not job.cancel_requested:
+            job.cancel_requested = True
+            _event(session, job.id, job.attempt, "cancel_requested", "cancel requested; the job stops after this step")
+        return job
+
+
+# --------------------------------------------------------------------- worker side
+
+
+def claim(db: Database, job_id: str, worker: str, lease_seconds: float) -> Claim | None:
+    """Take a queued job: bump `attempt`, set the lease. None if it is not claimable
+    (already running elsewhere, finished, cancelled, or unknown)."""
+    now = utcnow()
+    with db.transaction() as session:
+        row = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
+            .values(
+                status="running",
+                attempt=Job.attempt + 1,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                worker=worker[:255],
+                started_at=func.coalesce(Job.started_at, now),
+                rate_since=None,
+                rate_since_step=None,
+            )
+            .returning(Job.attempt, Job.spec)
+        ).first()
+        if row is None:
+            return None
+        attempt, spec = row
+        latest = session.execute(
+            select(Checkpoint.step, Checkpoint.path)
+            .where(Checkpoint.job_id == job_id)
+            .order_by(Checkpoint.step.desc())
+            .limit(1)
+        ).first()
+        resume_step, resume_path = latest if latest else (0, None)
+        # Steps after the checkpoint are recomputed; drop what a dead attempt left of them
+        # so the curve never shows points the resumed model did not produce.
+        session.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > resume_step))
+        session.execute(update(Job).where(Job.id == job_id).values(current_step=resume_step))
+        where = f"resuming from step {resume_step}" if resume_path else "from the start"
+        _event(session, job_id, attempt, "started", f"attempt {attempt} on {worker}, {where}")
+    return Claim(job_id, attempt, spec, lease_seconds, resume_step, resume_path)
+
+
+def fence(session: Session, held: Claim, **values: object) -> bool:
+    """Inside a worker's transaction: renew the lease (and set `values`) only if this
+    attempt still owns the running job; returns the cancel flag, raises Fenced otherwise.
+
+    The UPDATE locks the job row until commit, so the writes that follow in the same
+    transaction cannot interleave with a reaper or a newer claim.
+    """
+    lease = utcnow() + timedelta(seconds=held.lease_seconds)
+    cancel = session.execute(
+        update(Job)
+        .where(Job.id == held.job_id, Job.attempt == held.attempt, Job.status == "running")
+        .values(**{"lease_expires_at": lease, **values})
+        .returning(Job.cancel_requested)
+    ).scalar()
+    if cancel is None:
+        raise Fenced(f"job {held.job_id} attempt {held.attempt} was superseded")
+    return bool(cancel)
+
+
+def heartbeat(db: Database, held: Claim) -> bool:
+    """Renew the lease; returns the cancel flag. Raises Fenced if the job was taken away."""
+    with db.transaction() as session:
+        return fence(session, held)
+
+
+def record_checkpoint(db: Database, held: Claim, step: int, path: str) -> None:
+    """Record a checkpoint folder (path relative to the artifacts folder) for this attempt."""
+    with db.transaction() as session:
+        fence(session, held)
+        session.execute(delete(Checkpoint).where(Checkpoint.job_id == held.job_id, Checkpoint.step == step))
+        session.add(Checkpoint(job_id=held.job_id, step=step, path=path, attempt=held.attempt))
+        _event(session, held.job_id, held.attempt, "checkpoint", f"checkpoint at step {step}", {"step": step})
+
+
+def finish(db: Database, held: Claim, cancelled: bool) -> None:
+    """End the job: `cancelled` if it stopped on the cancel flag, else `succeeded`."""
+    status = "cancelled" if cancelled else "succeeded"
+    with db.transaction() as session:
+        fence(session, held, status=status, finished_at=utcnow(), lease_expires_at=None)
+        _event(session, held.job_id, held.attempt, status, f"job {status}")
+
+
+def fail(db: Database, held: Claim, code: str, message: str) -> None:
+    """End the job as failed with a machine-readable code and a human message."""
+    with db.transaction() as session:
+        fence(session, held, status="failed", finished_at=utcnow(), lease_expires_at=None,
+              error_code=code, error_message=message[:4000])
+        _event(session, held.job_id, held.attempt, "failed", f"{code}: {message}"[:4000])
+
+
+def release(db: Database, held: Claim, reason: str) -> None:
+    """Give a running job back to the queue (its worker is shutting down after a checkpoint).
+
+    No message is sent from here: a worker that is shutting down may still take one. The
+    next reaper pass, in any live process, publishes it (queued_at NULL)."""
+    with db.transaction() as session:
+        fence(session, held, status="queued", queued_at=None, lease_expires_at=None, worker=None)
+        _event(session, held.job_id, held.attempt, "released", reason)
+
+
+def decline(db: Database, job_id: str) -> None:
+    """A worker took a job's message but will not run it (it is shutting down): have the
+    next reaper pass publish the job again."""
+    with db.transaction() as session:
+        session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(queued_at=None))
+
+
+def note(db: Database, held: Claim, kind: str, message: str, data: dict | None = None) -> None:
+    """Record an event of this attempt (e.g. a checkpoint it could not use), fenced.
+    Issue 6, case 9: the user sees why more steps than usual were recomputed."""
+    with db.transaction() as session:
+        fence(session, held)
+        _event(session, held.job_id, held.attempt, kind, message, data)
+
+
+# ---------------------------------------------------------------------------- reaper
+
+
+def reap(db: Database, publish: Publish, requeue_unclaimed_seconds: float) -> dict[str, int]:
+    """One reaper pass. Jobs whose lease expired are re-queued (or failed once they used
+    `max_attempts`, or cancelled if a cancel was pending); jobs queued for longer than
+    `requeue_unclaimed_seconds` are republished in case their message was lost, and
+    released or declined jobs (queued_at NULL) are published.
+    Returns counts per outcome."""
+    now = utcnow()
+    counts = {"requeued": 0, "failed": 0, "cancelled": 0, "republished": 0}
+    with db.transaction() as session:
+        expired = session.execute(
+            select(Job.id, Job.attempt, Job.max_attempts, Job.cancel_requested)
+            .where(Job.status == "running", Job.lease_expires_at < now)
+        ).all()
+        stale = session.scalars(select(Job.id).where(Job.status == "queued", _unpublished(now, requeue_unclaimed_seconds))).all()
+    for job_id, attempt, max_attempts, cancel in expired:
+        outcome = _reap_expired(db, job_id, attempt, max_attempts, cancel, now)
+        if outcome:
+            counts[outcome] += 1
+            if outcome == "requeued":
+                _publish(publish, job_id)
+    for job_id in stale:
+        with db.transaction() as session:
+            won = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "queued", _unpublished(now, requeue_unclaimed_seconds))
+                .values(queued_at=now)
+            ).rowcount
+        if won:
+            counts["republished"] += 1
+            _publish(publish, job_id)
+    return counts
+
+
+def _unpublished(now: datetime, requeue_unclaimed_seconds: float):
+    """Queued jobs whose message may be lost (old) or was never sent (NULL)."""
+    return Job.queued_at.is_(None) | (Job.queued_at < now - timedelta(seconds=requeue_unclaimed_seconds))
+
+
+def _reap_expired(db: Database, job_id: str, attempt: int, max_attempts: int, cancel: bool, now: datetime) -> str | None:
+    # A graceful hand-back (`release`, worker shutting down after a checkpoint) bumps
+    # `attempt` too, but is not a failure (issue 6, case 2): only lost attempts count
+    # towards max_attempts.
+    with db.transaction() as session:
+        released = session.scalar(
+            select(func.count()).select_from(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "released")
+        ) or 0
+    lost = attempt - released
+    if cancel:
+        outcome, values, message = "cancelled", {"status": "cancelled", "finished_at": now}, "worker lost while cancelling"
+    elif lost >= max_attempts:
+        message = f"worker lost (lease expired) on attempt {attempt} of {max_attempts}; giving up"
+        if released:
+            message = (f"worker lost (lease expired) on attempt {attempt}: {lost} lost attempts of max_attempts="
+                       f"{max_attempts} ({released} graceful hand-backs not counted); giving up")
+        outcome = "failed"
+        values = {"status": "failed", "finished_at": now, "error_code": "lease_expired", "error_message": message}
+    else:
+        outcome, values = "requeued", {"status": "queued", "queued_at": now}
+        message = f"worker lost (lease expired) on attempt {attempt}; re-queued"
+    with db.transaction() as session:
+        won = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running", Job.lease_expires_at < now)
+            .values(lease_expires_at=None, worker=None, **values)
+        ).rowcount
+        if won:
+            _event(session, job_id, attempt, outcome, message)
+    return outcome if won else None
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _job_for_key(session: Session, tenant_id: str, key: str | None, spec_hash: str) -> Job | None:
+    if key is None:
+        return None
+    job = session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
+    if job is not None and job.spec_hash != spec_hash:
+        raise InvalidInput(
+            f"Idempotency-Key {key!r} was already used for job {job.id} with a different spec; "
+            "use a new key for a new job, or resend the identical spec to get that job back"
+        )
+    return job
+
+
+def _check_files(session: Session, tenant_id: str, spec: JobSpec) -> None:
+    """Every `file:<id>` dataset must be one of this tenant's uploads."""
+    d = spec.datasets
+    sources = {"datasets.sft": d.sft, "datasets.rl": d.rl, "datasets.validation": d.validation}
+    sources.update({f"datasets.eval.{i}": source for i, source in enumerate(d.eval)})
+    wanted = {where: s.source.removeprefix("file:") for where, s in sources.items() if s.source.startswith("file:")}
+    if not wanted:
+        return
+    owned = set(session.scalars(select(File.id).where(File.tenant_id == tenant_id, File.id.in_(wanted.values()))))
+    problems = [
+        f"{where}.source: file:{file_id} is not one of your uploaded files (upload it with POST /files)"
+        for where, file_id in wanted.items()
+        if file_id not in owned
+    ]
+    if problems:
+        raise InvalidInput("; ".join(problems), problems)
+
+
+def _event(session: Session, job_id: str, attempt: int, kind: str, message: str, data: dict | None = None) -> None:
+    session.add(JobEvent(job_id=job_id, attempt=attempt, kind=kind, message=message, data=data))
+
+
+def _publish(publish: Publish, job_id: str) -> None:
+    # The row is committed already; if the broker is down the reaper republishes later.
+    try:
+        publish(job_id)
+    except Exception:  # noqa: BLE001 - any broker failure is recoverable the same way
+        log.warning("could not publish job %s; the reaper will retry", job_id, exc_info=True)
+
+
+def job_dir(artifacts_dir: Path, job_id: str) -> Path:
+    """Where a job's checkpoints live."""
+    return artifacts_dir / "jobs" / job_id

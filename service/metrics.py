@@ -1,0 +1,124 @@
+"""Training metrics: one row per (job_id, step), written by the worker as each step ends
+and read by the API while the job trains.
+
+Reads are the hot path (dashboards poll them), so `points_json` has the database build
+the response's points array; Python only wraps it. Points are JSONB on PostgreSQL (cheap
+to pick names from) and JSON text on SQLite. The (job_id, step) primary key is the index
+every read walks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from numbers import Real
+
+from sqlalchemy import Text, cast, func, literal, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import aggregate_order_by
+
+from service.db import Database
+from service.errors import InvalidInput, NotFound
+from service.lifecycle import Claim, fence
+from service.models import Job, MetricPoint, utcnow
+
+MAX_LIMIT = 10_000
+NAME_LIMIT = 64
+
+
+def record_step(db: Database, held: Claim, point: dict) -> bool:
+    """Upsert one step's metrics and the job's progress summary, fenced by the attempt.
+
+    Returns the job's cancel flag (so the loop learns of a cancel at no extra cost);
+    raises Fenced if this attempt no longer owns the job.
+    """
+    values = {name: _json_safe(value) for name, value in point.items()}
+    step = int(values["step"])
+    progress: dict = {
+        "current_step": step,
+        # The ETA's rate is measured from this attempt's first step (model loading excluded).
+        "rate_since": func.coalesce(Job.rate_since, utcnow()),
+        "rate_since_step": func.coalesce(Job.rate_since_step, step),
+    }
+    for name in ("mu", "reward_mean"):
+        if isinstance(values.get(name), Real):
+            progress[name] = float(values[name])
+    insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
+    statement = insert(MetricPoint).values(job_id=held.job_id, step=step, values=values)
+    statement = statement.on_conflict_do_update(
+        index_elements=[MetricPoint.job_id, MetricPoint.step], set_={"values": statement.excluded["values"]}
+    )
+    with db.transaction() as session:
+        cancel = fence(session, held, **progress)
+        session.execute(statement)
+    return cancel
+
+
+def points_json(
+    db: Database, tenant_id: str, job_id: str, names: list[str] | None = None, after_step: int = 0, limit: int = 1000
+) -> str:
+    """The JSON document of GET /jobs/{id}/metrics:
+
+        {"job_id": ..., "points": [{"step": 1, "mu": 0.8, ...}, ...],
+         "next_after_step": <last step returned>, "has_more": <another page exists>}
+
+    Points are in step order; `names` keeps only those metrics (step always included).
+    One statement: the database checks the owner, builds the points array and counts
+    what follows, so no row becomes a Python object.
+    """
+    names = _check_query(names, after_step, limit)
+    after = (MetricPoint.job_id == job_id, MetricPoint.step > after_step)
+    page = select(MetricPoint.step, MetricPoint.values).where(*after).order_by(MetricPoint.step).limit(limit).subquery()
+    owner = select(Job.tenant_id).where(Job.id == job_id).scalar_subquery()
+    following = select(MetricPoint.step).where(*after).order_by(MetricPoint.step).limit(limit + 1)  # index-only
+    ahead = select(func.count()).select_from(following.subquery())
+    query = select(owner, cast(_points_array(db.dialect, page, names), Text), func.max(page.c.step), ahead.scalar_subquery())
+    with db.read() as session:
+        found_owner, points, last, available = session.execute(query.select_from(page)).one()
+    if found_owner != tenant_id:
+        raise NotFound(f"no job {job_id}")
+    return '{"job_id":"%s","points":%s,"next_after_step":%d,"has_more":%s}' % (
+        job_id, points or "[]", last or after_step, "true" if available > limit else "false"
+    )
+
+
+def _points_array(dialect: str, page, names: list[str]):
+    """SQL for the JSON array of the page's points (all metrics, or step + `names`)."""
+    if dialect == "postgresql":
+        point = func.jsonb_build_object("step", page.c.step, *_pairs(page, names)) if names else page.c["values"]
+        return func.json_agg(aggregate_order_by(point, page.c.step))
+    # SQLite aggregates in the subquery's (step) order; json() keeps a stored point an object.
+    point = func.json_object("step", page.c.step, *_pairs(page, names)) if names else func.json(page.c["values"])
+    return func.json_group_array(point)
+
+
+def _pairs(page, names: list[str]) -> list:
+    return [part for name in names for part in (literal(name), page.c["values"][name])]
+
+
+def _check_query(names: list[str] | None, after_step: int, limit: int) -> list[str]:
+    problems = []
+    names = [name for name in (names or []) if name and name != "step"]
+    bad = [name for name in names if not name.replace("_", "").isalnum() or not name.isascii() or len(name) > NAME_LIMIT]
+    if bad:
+        problems.append(f"names: {bad[0]!r} is not a metric name (letters, digits and _ only, e.g. names=mu,reward_mean)")
+    if len(names) > NAME_LIMIT:
+        problems.append(f"names: at most {NAME_LIMIT} names per request")
+    if after_step < 0:
+        problems.append("after_step: must be >= 0 (the last step you already have)")
+    if not 1 <= limit <= MAX_LIMIT:
+        problems.append(f"limit: must be between 1 and {MAX_LIMIT}")
+    if problems:
+        raise InvalidInput("; ".join(problems), problems)
+    return list(dict.fromkeys(names))
+
+
+def _json_safe(value: object) -> object:
+    # NaN and inf are not JSON (PostgreSQL rejects them); store them as null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Real):  # numpy / torch scalars
+        return _json_safe(float(value))
+    return json.loads(json.dumps(value, default=str))

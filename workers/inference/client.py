@@ -1,0 +1,57 @@
+"""The API's side of the inference worker: send a task on the `inference` queue and wait
+for its reply (workers.inference.replies), mapping worker errors to service errors.
+
+No torch here: the API process imports this module.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from service.errors import GatewayTimeout, InvalidInput, NotFound, ServiceError, Unavailable
+from service.settings import Settings
+from workers.inference.replies import reply_channel
+
+GENERATE_TASK = "amft.inference.generate"
+EVALUATE_TASK = "amft.inference.evaluate"
+INFERENCE_QUEUE = "inference"
+ERRORS = {"not_found": NotFound, "invalid": InvalidInput, "unavailable": Unavailable}
+
+
+class InferenceClient:
+    """Sends generation requests and evaluations to the inference worker."""
+
+    def __init__(self, settings: Settings, celery_app=None):
+        if celery_app is None:
+            from workers.celery_app import make_celery
+
+            celery_app = make_celery(settings)
+        self.app = celery_app
+        self.replies = reply_channel(settings)
+        self.timeout = settings.inference_timeout_seconds
+
+    def generate(self, payload: dict) -> dict:
+        """Run one generation request on the worker and return its reply.
+
+        The payload carries a deadline: a worker that picks the task up after the API
+        stopped waiting skips it instead of computing a reply nobody reads.
+        """
+        task_id = uuid.uuid4().hex
+        payload = {**payload, "deadline": time.time() + self.timeout}
+        self.app.send_task(GENERATE_TASK, args=[payload], queue=INFERENCE_QUEUE, task_id=task_id)
+        reply = self.replies.wait(task_id, self.timeout)
+        if reply is None:
+            raise GatewayTimeout(
+                f"the inference worker did not answer within {self.timeout:g} s: check that a worker is "
+                "consuming the `inference` queue (amft serve starts one; compose runs worker-inference), "
+                "or retry with fewer prompts or a smaller max_tokens"
+            )
+        if "error" in reply:
+            error = reply["error"]
+            raise ERRORS.get(error.get("code"), ServiceError)(error.get("message", "generation failed"))
+        return reply
+
+    def publish_evaluation(self, evaluation_id: str) -> None:
+        """Queue an evaluation (its row is committed already)."""
+        self.app.send_task(EVALUATE_TASK, args=[evaluation_id], queue=INFERENCE_QUEUE)

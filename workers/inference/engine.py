@@ -1,0 +1,79 @@
+"""What every backend shares: prompt encoding, request -> rows, micro-batching, results.
+
+A backend subclasses `BatchedEngine` and implements `run_batch(rows) -> outputs`, which
+decodes any mix of rows (different prompts, lengths, sampling settings) in one call.
+Prompt formatting uses the checkpoint's own tokenizer and chat template
+(`workers.trainer.models.format_prompt`, as in training); templates never come from a request.
+"""
+
+from __future__ import annotations
+
+from workers.inference.batcher import BatcherClosed, MicroBatcher
+from workers.inference.types import Completion, InferenceError, PromptResult, Row, RowOutput, Sampling
+from workers.trainer.models import format_prompt
+
+Prompt = str | list[dict]
+
+
+class BatchedEngine:
+    """Base class: `generate` is thread-safe; concurrent calls are batched together."""
+
+    backend = "base"
+
+    def __init__(self, tokenizer, *, max_context: int, window_s: float, max_rows: int, name: str):
+        self.tokenizer = tokenizer
+        self.max_context = max_context
+        self.memory_bytes = 0
+        self.batcher = MicroBatcher(self.run_batch, window_s=window_s, max_rows=max_rows, name=name)
+
+    @property
+    def stats(self):
+        """Batching counters: calls, requests, rows, max_requests_per_call."""
+        return self.batcher.stats
+
+    def run_batch(self, rows: list[Row]) -> list[RowOutput]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def generate(self, prompts: list[Prompt], sampling: Sampling, *, raw: bool = False, timeout: float | None = None) -> list[PromptResult]:
+        """Completions for every prompt (`sampling.n` each).
+
+        `raw` sends text prompts as they are (OpenAI /v1/completions); otherwise prompts are
+        formatted like training prompts (a chat template when the tokenizer has one).
+        Raises BatcherClosed when the engine was unloaded meanwhile (the caller retries).
+        """
+        encoded = [self.encode(prompt, raw, sampling.max_tokens) for prompt in prompts]
+        rows = [
+            Row(ids, sampling, None if sampling.seed is None else sampling.seed + index * sampling.n + sample)
+            for index, ids in enumerate(encoded)
+            for sample in range(sampling.n)
+        ]
+        outputs = self.batcher.submit(rows).result(timeout)
+        results = []
+        for index, ids in enumerate(encoded):
+            mine = outputs[index * sampling.n : (index + 1) * sampling.n]
+            completions = [Completion(o.text, len(o.token_ids), o.finish_reason) for o in mine]
+            results.append(PromptResult(prompt_tokens=len(ids), completions=completions))
+        return results
+
+    def encode(self, prompt: Prompt, raw: bool, max_tokens: int) -> list[int]:
+        """Token ids of one prompt; InferenceError("invalid") if it cannot fit the context."""
+        if raw and not isinstance(prompt, str):
+            raise InferenceError("invalid", "raw prompts must be text")
+        text = prompt if raw else format_prompt(self.tokenizer, prompt)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]  # as in training
+        if not ids:
+            raise InferenceError("invalid", "a prompt is empty; send at least one character")
+        if len(ids) + max_tokens > self.max_context:
+            raise InferenceError(
+                "invalid",
+                f"a prompt of {len(ids)} tokens plus max_tokens {max_tokens} exceeds this model's "
+                f"context of {self.max_context} tokens; shorten the prompt or lower max_tokens",
+            )
+        return ids
+
+    def close(self) -> None:
+        """Finish queued work, then stop the batching thread and drop the model."""
+        self.batcher.close()
+
+
+__all__ = ["BatchedEngine", "BatcherClosed", "Prompt"]

@@ -1,0 +1,107 @@
+"""What the inference tasks do, outside Celery: serve one generation payload, run one
+evaluation. Engines come from the process-wide cache, so they stay warm across tasks, and
+concurrent tasks (a threads pool) meet in each engine's micro-batcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from service.settings import Settings, get_settings
+from workers.inference.loader import engine_cache, model_key
+from workers.inference.types import InferenceError, Sampling
+
+log = logging.getLogger(__name__)
+_THREADS_SET = threading.Lock()
+_threads_done = False
+
+
+def generate_reply(payload: dict, settings: Settings | None = None) -> dict | None:
+    """The reply for a /generate payload: {"results": [...], "backend"} or {"error": {...}}.
+
+    None when the payload's deadline has passed (the API stopped waiting: nobody reads it).
+    """
+    settings = settings or get_settings()
+    if payload.get("deadline") and time.time() > payload["deadline"]:
+        return None
+    try:
+        key = model_key(payload.get("model") or {})
+        sampling = Sampling.from_dict(payload["sampling"])
+        prompts = payload["prompts"]
+        cache = _cache(settings)
+        results = cache.generate(key, prompts, sampling, raw=bool(payload.get("raw")))
+        return {"results": [r.to_dict() for r in results], "backend": cache.factory.backend}
+    except InferenceError as error:
+        return error.to_dict()
+    except (KeyError, TypeError, ValueError) as error:
+        return InferenceError("invalid", f"malformed generation request: {error}").to_dict()
+    except Exception as error:  # noqa: BLE001 - the API must get an answer, not a timeout
+        log.exception("generation failed")
+        return InferenceError("internal", f"generation failed: {type(error).__name__}: {error}").to_dict()
+
+
+def _cache(settings: Settings):
+    """The warm engine cache; sets torch's thread count once per process."""
+    global _threads_done
+    with _THREADS_SET:
+        if not _threads_done and settings.inference_torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.inference_torch_threads)
+        _threads_done = True
+    return engine_cache(settings)
+
+
+EVAL_CHUNK = 32  # prompts per generate call: large enough to batch, small enough to fail fast
+
+
+def run_evaluation(evaluation_id: str, settings: Settings | None = None) -> str:
+    """Generate for every dataset item, score with the training verifier, store results."""
+    from service import evaluations
+    from service.db import get_database
+
+    settings = settings or get_settings()
+    db = get_database(settings.resolved_database_url)
+    work = evaluations.start_evaluation(db, evaluation_id)
+    if work is None:
+        return f"evaluation {evaluation_id}: already finished"
+    try:
+        items = _score(work, settings)
+    except InferenceError as error:
+        evaluations.fail_evaluation(db, evaluation_id, error.message)
+        return f"evaluation {evaluation_id}: failed ({error.message})"
+    except Exception as error:  # noqa: BLE001 - recorded on the row for the user
+        log.exception("evaluation %s failed", evaluation_id)
+        evaluations.fail_evaluation(db, evaluation_id, f"{type(error).__name__}: {error}")
+        return f"evaluation {evaluation_id}: failed"
+    evaluations.finish_evaluation(db, evaluation_id, items)
+    return f"evaluation {evaluation_id}: {sum(i['correct'] for i in items)}/{len(items)} correct"
+
+
+def _score(work: dict, settings: Settings) -> list[dict]:
+    from service.specs import DataSourceSpec
+    from workers.trainer.data import DatasetError, load_records, require_answers
+    from workers.trainer.rewards import extract_answer, is_correct
+
+    try:
+        records = require_answers(load_records(DataSourceSpec(**work["dataset"]), settings), "evaluation")
+    except DatasetError as error:
+        raise InferenceError("invalid", str(error)) from None
+    key = model_key({"kind": "checkpoint", "job_id": work["job_id"], "step": work["step"]})
+    sampling = Sampling.from_dict(work["sampling"])
+    cache = _cache(settings)
+    items = []
+    for start in range(0, len(records), EVAL_CHUNK):
+        chunk = records[start : start + EVAL_CHUNK]
+        results = cache.generate(key, [r["prompt"] for r in chunk], sampling)
+        for offset, (record, result) in enumerate(zip(chunk, results)):
+            completion = result.completions[0]
+            items.append({
+                "index": start + offset, "prompt": record["prompt"], "answer": record["answer"],
+                "output": completion.text, "extracted": extract_answer(completion.text),
+                "correct": is_correct(completion.text, record["answer"]),
+                "finish_reason": completion.finish_reason, "tokens": completion.tokens,
+            })
+    return items

@@ -1,0 +1,87 @@
+"""Plain data passed between the engine cache, the backends and the Celery tasks.
+
+Everything here is JSON-friendly (`to_dict` / `from_dict`), because requests and results
+travel through the broker between the API and the inference worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length"]
+
+
+class InferenceError(Exception):
+    """A generation request the worker cannot serve. `code` maps to an HTTP status:
+    `not_found` (404: checkpoint missing), `invalid` (422: bad request), `unavailable`
+    (503: backend cannot run here), `internal` (500)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def to_dict(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample. temperature 0 is greedy; `seed` makes sampling reproducible."""
+
+    max_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Sampling:
+        return cls(**{**data, "stop": tuple(data.get("stop") or ())})
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "stop": list(self.stop)}
+
+
+@dataclass
+class Completion:
+    """One sampled continuation of one prompt."""
+
+    text: str
+    tokens: int
+    finish_reason: FinishReason
+
+
+@dataclass
+class PromptResult:
+    """All `n` completions of one prompt, with the prompt's token count."""
+
+    prompt_tokens: int
+    completions: list[Completion] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completions": [asdict(c) for c in self.completions]}
+
+
+@dataclass
+class Row:
+    """One sequence to decode: a prompt's token ids and its sampling settings.
+
+    A request with n > 1 becomes n rows. `seed` is the row's own seed (request seed + the
+    row's index), so a seeded request samples the same text however it is batched.
+    """
+
+    prompt_ids: list[int]
+    sampling: Sampling
+    seed: int | None
+
+
+@dataclass
+class RowOutput:
+    """What decoding produced for one row (text already cut at a stop string)."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason

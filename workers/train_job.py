@@ -1,0 +1,212 @@
+"""Run one training job inside a worker: claim it, train with hooks that write through the
+fenced lifecycle, end it. Called by the Celery task with a job id.
+
+Who ends the job:
+- the loop finished: succeeded; it stopped on the cancel flag: cancelled;
+- the worker is shutting down (SIGTERM): checkpoint, then back to the queue (released);
+- the trainer raised: failed, with the exception as the message;
+- this attempt was fenced (its lease expired and the job moved on): nothing, quietly;
+- the process died: nothing here; the reaper re-queues it when the lease expires and the
+  next attempt resumes from the latest recorded checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from service import lifecycle, metrics
+from service.db import Database, get_database
+from service.errors import Fenced
+from service.settings import Settings, get_settings
+from service.specs import JobSpec, spec_error_lines
+from workers.trainer.hooks import TrainerHooks
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+SHUTTING_DOWN = threading.Event()  # set by SIGTERM during a job (a warm worker shutdown); stays set
+# Errors of an unreachable database (restart, failover, full pool), worth retrying.
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError, PoolTimeout)
+
+
+def retry_seconds(settings: Settings) -> float:
+    """How long a worker retries a write while the database is unreachable: past the lease
+    the reaper hands the job on when the database is back, and the retry then gets Fenced."""
+    return max(30.0, 2 * settings.lease_seconds)
+
+
+def retrying(write: Callable[[], T], seconds: float) -> T:
+    """Run a database write, retrying it while the database is unreachable for up to
+    `seconds` (issue 6, case 7: a PostgreSQL restart must not lose a step or fail the job).
+    Every worker write is idempotent (upserts, fenced conditional updates), so retrying
+    after a commit whose outcome was lost is safe. Fenced is never retried."""
+    deadline, delay = time.monotonic() + seconds, 0.25
+    while True:
+        try:
+            return write()
+        except TRANSIENT_DB_ERRORS:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unavailable; retrying the write in %.2fs", delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+class Watch:
+    """The trainer's hooks for one claimed attempt, plus a heartbeat thread that renews the
+    lease between steps (a step, a model load or a checkpoint may outlast the lease)."""
+
+    def __init__(self, db: Database, held: lifecycle.Claim, artifacts_dir: Path, heartbeat_seconds: float,
+                 retry_for: float = 30.0):
+        self.db, self.held, self.artifacts_dir = db, held, artifacts_dir
+        self.retry_for = retry_for
+        self.cancel = False
+        self.fenced = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(heartbeat_seconds,), daemon=True, name="heartbeat")
+
+    def hooks(self) -> TrainerHooks:
+        return TrainerHooks(on_metrics=self.on_metrics, on_checkpoint=self.on_checkpoint, should_stop=self.should_stop)
+
+    def on_metrics(self, point: dict) -> None:
+        self._check_fenced()
+        self.cancel = retrying(lambda: metrics.record_step(self.db, self.held, point), self.retry_for) or self.cancel
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        self._check_fenced()
+        relative = Path(path).resolve().relative_to(self.artifacts_dir)
+        retrying(lambda: lifecycle.record_checkpoint(self.db, self.held, step, str(relative)), self.retry_for)
+
+    def should_stop(self) -> bool:
+        self._check_fenced()
+        return self.cancel or SHUTTING_DOWN.is_set()
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _check_fenced(self) -> None:
+        if self.fenced:
+            raise Fenced(f"job {self.held.job_id} attempt {self.held.attempt} lost its lease")
+
+    def _beat(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.cancel = lifecycle.heartbeat(self.db, self.held) or self.cancel
+            except Fenced:
+                self.fenced = True
+                return
+            except Exception:  # noqa: BLE001 - a database blip; the lease has slack, retry
+                log.warning("heartbeat for job %s failed", self.held.job_id, exc_info=True)
+
+
+def run_train_job(job_id: str, settings: Settings | None = None) -> str:
+    """Claim and run job `job_id`; returns the outcome (for logs and tests)."""
+    settings = settings or get_settings()
+    db = get_database(settings.resolved_database_url)
+    if SHUTTING_DOWN.is_set():  # told to stop during an earlier job: leave this one to others
+        lifecycle.decline(db, job_id)
+        return "declined"
+    held = lifecycle.claim(db, job_id, f"{socket.gethostname()}:{os.getpid()}", settings.lease_seconds)
+    if held is None:
+        log.info("job %s is not claimable (running elsewhere, finished or cancelled)", job_id)
+        return "not_claimable"
+    artifacts = settings.resolved_artifacts_dir
+    watch = Watch(db, held, artifacts, settings.heartbeat_seconds, retry_seconds(settings))
+    try:
+        with watch, _stop_on_sigterm():
+            return _train(db, held, watch, settings, artifacts)
+    except Fenced:
+        log.warning("job %s attempt %d was fenced; stopping without writing", job_id, held.attempt)
+        return "fenced"
+
+
+def _train(db: Database, held: lifecycle.Claim, watch: Watch, settings: Settings, artifacts: Path) -> str:
+    try:
+        spec = JobSpec.model_validate(held.spec)
+    except ValueError as error:  # e.g. the deployment's limits were lowered since submission
+        lifecycle.fail(db, held, "invalid_spec", "; ".join(spec_error_lines(error)))
+        return "failed"
+    try:
+        from workers.trainer.loop import train  # torch is imported here, in the worker only
+
+        resume = _usable_resume(db, held, artifacts)
+        result = train(spec, lifecycle.job_dir(artifacts, held.job_id), watch.hooks(), resume_from=resume)
+    except Fenced:
+        raise
+    except Exception as error:  # noqa: BLE001 - any trainer failure ends the job with its message
+        log.exception("job %s failed", held.job_id)
+        retrying(lambda: lifecycle.fail(db, held, "trainer_error", f"{type(error).__name__}: {error}"), watch.retry_for)
+        return "failed"
+    if result.status == "stopped" and SHUTTING_DOWN.is_set() and not watch.cancel:
+        reason = f"worker shutting down; checkpoint at step {result.last_step}"
+        retrying(lambda: lifecycle.release(db, held, reason), watch.retry_for)
+        return "released"
+    retrying(lambda: lifecycle.finish(db, held, cancelled=result.status == "stopped"), watch.retry_for)
+    return "cancelled" if result.status == "stopped" else "succeeded"
+
+
+def _usable_resume(db: Database, held: lifecycle.Claim, artifacts: Path) -> Path | None:
+    """The checkpoint to resume from: the claimed (latest recorded) one if its checksums
+    verify, else the newest older one of this job that does, else None (start over).
+
+    Issue 6, case 9: a truncated or corrupted latest checkpoint costs one more save
+    interval of recomputation, not the whole job. Older folders are all earlier saves of
+    this same deterministic run, so any verified one continues the same curve.
+    """
+    from workers.trainer.checkpoint import CheckpointError, verify_checkpoint
+
+    if not held.resume_path:
+        return None
+    claimed = artifacts / held.resume_path
+    try:
+        verify_checkpoint(claimed)
+        return claimed
+    except CheckpointError as error:
+        problem = str(error)
+    for folder in sorted(claimed.parent.glob("step-*"), reverse=True):
+        step = int(folder.name.removeprefix("step-")) if folder.name[5:].isdigit() else None
+        if step is None or step >= held.resume_step:
+            continue
+        try:
+            verify_checkpoint(folder)
+        except CheckpointError:
+            continue
+        lifecycle.note(db, held, "checkpoint_unusable", f"{problem}; resuming from step {step} instead")
+        return folder
+    lifecycle.note(db, held, "checkpoint_unusable", f"{problem}; no older usable checkpoint, starting over")
+    return None
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """While the job runs, SIGTERM asks the loop to checkpoint and stop (see worker_hooks);
+    a message this process takes afterwards is declined (the reaper republishes it)."""
+
+    def handler(_signum: int, _frame: object) -> None:
+        SHUTTING_DOWN.set()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (a threads pool): no graceful stop, the lease covers it
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
