@@ -1,0 +1,178 @@
+"""Does AMFT beat SFT, GRPO, SFT->GRPO, fixed-mu and CHORD? The evidence benchmark (issue 5).
+
+    python -m bench.algorithms --tier 1             # tuning pass + every run (see the protocol for times)
+    python -m bench.algorithms --tier 1 --dry-run   # 2 steps, 1 seed, tiny evals: checks it all runs
+    python -m bench.algorithms --tier 1 --jobs 16 --deadline 370   # what produced the results (H100, 16 cores)
+    python -m bench.algorithms --tier 2             # SmolLM2-135M, 1-2 h (GPU advised)
+    python -m bench.algorithms --tier 1 --report-only   # rebuild md/plots from algorithms.json
+
+Tier 1: builtin:tiny on the built-in arithmetic task. One shared base checkpoint (a short
+SFT pre-training on train[10000:20000], disjoint from every record the methods use), then
+every method and AMFT ablation for the same number of steps from it, 3 seeds, in the
+limited-demonstration regime (300 expert solutions, 10,000 RL prompts). Configurations in
+bench/algorithms_config.py, protocol in bench/ALGORITHMS_PROTOCOL.md. Results go to
+bench/results/algorithms{.json,.md,_*.png} (tier 2: algorithms_tier2*); a dry run writes
+only under its work folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from bench import algorithms_config as cfg
+from bench import algorithms_runner as runner
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tier", type=int, choices=(1, 2), required=True)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/amft-bench"), help="models, uploads, per-run results")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
+    parser.add_argument("--steps", type=int, help="override the steps of every run (shrinks evals too)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
+    parser.add_argument("--only", nargs="+", help="run only these method/ablation names")
+    parser.add_argument("--dry-run", action="store_true", help="2 steps, 1 seed, tiny base and evals; results stay in --work")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the report from the results json")
+    parser.add_argument("--no-tune", dest="tune", action="store_false",
+                        help="tier 1: skip the validation-only tuning pass and use the committed picks")
+    parser.add_argument("--deadline", type=float, help="start no new run after this many seconds")
+    args = parser.parse_args(argv)
+    if args.dry_run:
+        args.steps, args.seeds = args.steps or 2, args.seeds or [0]
+        args.work = args.work / f"dry-tier{args.tier}"
+    out_dir = args.work / "results" if args.dry_run else RESULTS
+    stem = "algorithms" if args.tier == 1 else "algorithms_tier2"
+    json_path = out_dir / f"{stem}.json"
+    if args.report_only:
+        from bench.algorithms_report import write_report
+
+        write_report(json.loads(json_path.read_text()), out_dir, stem)
+        return 0
+    args.work.mkdir(parents=True, exist_ok=True)
+    runner.configure_env(args.work)
+    if args.deadline:
+        os.environ["AMFT_BENCH_DEADLINE"] = str(time.time() + args.deadline)
+    log = _logger(args.work / f"{stem}.log")
+    started = time.perf_counter()
+    results = tier1(args, log) if args.tier == 1 else tier2(args, log)
+    results["total_seconds"] = time.perf_counter() - started
+    results["command"] = "python -m bench.algorithms " + " ".join(sys.argv[1:] if argv is None else argv)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=1))
+    from bench.algorithms_report import write_report
+
+    write_report(results, out_dir, stem)
+    log(f"wrote {json_path} and the report in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def tier1(args, log) -> dict:
+    dry = args.dry_run
+    base_config = cfg.TIER1_BASE | ({"max_steps": 2, "check_every": 1, "validation_items": 4} if dry else {})
+    final_eval = 8 if dry else cfg.TIER1_FINAL_EVAL
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        # Build the base in a child process, so this one never starts torch threads.
+        base = pool.submit(_tier1_base, base_config, args.work).result()
+    log(f"base: {base['steps']} SFT steps, validation accuracy {base['val_accuracy']:.3f}, {base['seconds']:.0f} s")
+    tuning, picks = None, dict(cfg.TIER1_PICKS)
+    if args.tune:
+        from bench.algorithms_tuning import choose
+
+        tuning = runner.run_all(cfg.tune_runs(args.steps), args.work, args.jobs, 0, log)
+        picks = choose(tuning)
+        log(f"tuning picks (validation only): {picks}")
+    runs = cfg.tier1_runs(seeds=tuple(args.seeds or cfg.TIER1_SEEDS), steps=args.steps, picks=picks)
+    if args.only:
+        runs = [r for r in runs if r.name in args.only]
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        # The base's scores (step 0 of every curve) are computed alongside the first runs.
+        pending = pool.submit(runner.evaluate_model, f"local:{cfg.BASE_MODEL}", runner.arithmetic_sets(final_eval), args.work)
+        records = runner.run_all(runs, args.work, args.jobs, final_eval, log)
+        base_scores = pending.result()
+    curve_items = 4 if args.steps else cfg.TIER1_TRAINING["eval_limit"]
+    base["scores"] = {name: sum(v) / len(v) for name, v in base_scores.items()}
+    base["curve_scores"] = {name: sum(v[:curve_items]) / len(v[:curve_items]) for name, v in base_scores.items()}
+    base["n"] = {name: len(v) for name, v in base_scores.items()}
+    return {
+        "tier": 1, "dry_run": dry, "threshold": cfg.TIER1_THRESHOLD, "base": base, "runs": records,
+        "picks": picks, "tuning": tuning,
+        "config": {"base": base_config, "training": cfg.TIER1_TRAINING, "controller": cfg.TIER1_CONTROLLER,
+                   "datasets": cfg.TIER1_DATASETS, "ablations": cfg.TIER1_ABLATIONS, "final_eval_items": final_eval,
+                   "amft_warmup": cfg.TIER1_AMFT_WARMUP, "sft_then_grpo_switch": cfg.TIER1_SWITCH},
+    }
+
+
+def _tier1_base(config: dict, work: Path) -> dict:
+    runner.configure_env(work)
+    from workers.trainer.data import arithmetic_split
+
+    source, _ = runner.materialise(config["data"], "pretrain")
+    return runner.build_base(config, work, source, list(arithmetic_split("validation")))
+
+
+def tier2(args, log) -> dict:
+    dry = args.dry_run
+    base_config = cfg.TIER2_BASE | ({"max_steps": 1, "check_every": 1, "validation_items": 2} if dry else {})
+    eval_items = 2 if dry else cfg.TIER2_EVAL_ITEMS
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        sources, base = pool.submit(_tier2_base, base_config, args.work).result()
+    log(f"base: {base['steps']} SFT steps, validation accuracy {base['val_accuracy']:.3f}, {base['seconds']:.0f} s")
+    runs = cfg.tier2_runs(sources, seeds=tuple(args.seeds or cfg.TIER2_SEEDS), steps=args.steps,
+                          eval_items=eval_items)
+    if args.only:
+        runs = [r for r in runs if r.name in args.only]
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        sets = pool.submit(_tier2_eval_sets, args.work, eval_items).result()
+        base_scores = pool.submit(runner.evaluate_model, f"local:{cfg.BASE_MODEL}", sets, args.work, "auto").result()
+    records = runner.run_all(runs, args.work, 1, 0, log)
+    base["scores"] = {name: sum(v) / len(v) for name, v in base_scores.items()}
+    base["n"] = {name: len(v) for name, v in base_scores.items()}
+    return {"tier": 2, "dry_run": dry, "base": base, "runs": records,
+            "config": {"base": base_config, "training": cfg.TIER2_TRAINING, "data": cfg.TIER2_DATA,
+                       "eval": cfg.TIER2_EVAL, "controller": cfg.TIER2_CONTROLLER}}
+
+
+def _tier2_base(config: dict, work: Path) -> tuple[dict, dict]:
+    runner.configure_env(work)
+    sources, records = {}, {}
+    for name, recipe in cfg.TIER2_DATA.items():
+        sources[name], records[name] = runner.materialise(recipe, name)
+    return sources, runner.build_base(config, work, sources["pretrain"], records["validation"])
+
+
+def _tier2_eval_sets(work: Path, items: int) -> dict:
+    runner.configure_env(work)
+    from service.settings import get_settings
+    from service.specs import DataSourceSpec
+    from workers.trainer.data import load_records
+
+    sets = {}
+    for item in cfg.TIER2_EVAL:
+        source = DataSourceSpec(**item)
+        sets[source.label] = load_records(source, get_settings())[:items]
+    return sets
+
+
+def _logger(path: Path):
+    def log(message: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        print(line, flush=True)
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+    return log
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
