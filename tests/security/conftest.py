@@ -1,0 +1,69 @@
+"""Fixtures of the hostile-input suite: the API on the shared test PostgreSQL (a fresh
+database per test, see tests/conftest.py), two tenants, and rows made directly in the
+database where a case needs a job with a checkpoint or an evaluation (no worker needed)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from service.db import get_database
+from service.evaluations import Evaluation
+from service.models import Checkpoint
+from tests.conftest import TINY_SPEC, ApiServer
+
+RECORD = b'{"prompt": "What is 2 + 3?", "completion": "2 + 3 = 5. #### 5", "answer": "5"}\n'
+
+
+@dataclass
+class Tenants:
+    api: ApiServer
+    alice_key: str
+    bob_key: str
+
+    def alice(self):
+        return self.api.client(self.alice_key)
+
+    def bob(self):
+        return self.api.client(self.bob_key)
+
+
+@pytest.fixture
+def tenants(pg_api: ApiServer) -> Tenants:
+    return Tenants(pg_api, pg_api.key("alice"), pg_api.key("bob"))
+
+
+def job_with_checkpoint(tenants: Tenants) -> tuple[str, str]:
+    """Alice's job with a recorded checkpoint at step 5 and an evaluation row: (job id, evaluation id)."""
+    with tenants.alice() as alice:
+        job_id = alice.post("/jobs", json=TINY_SPEC).json()["id"]
+    evaluation_id = uuid.uuid4().hex
+    db = get_database(tenants.api.settings.resolved_database_url)
+    with db.transaction() as session:
+        session.add(Checkpoint(job_id=job_id, step=5, path=f"jobs/{job_id}/checkpoints/step-000005", attempt=1))
+        tenant_id = session.execute(
+            __import__("sqlalchemy").text("SELECT tenant_id FROM jobs WHERE id = :id"), {"id": job_id}
+        ).scalar()
+        session.add(Evaluation(id=evaluation_id, tenant_id=tenant_id, job_id=job_id, step=5, status="succeeded",
+                               dataset={"source": "builtin:arithmetic", "split": "id"}, sampling={},
+                               total=1, correct=1, accuracy=1.0, items=[]))
+    return job_id, evaluation_id
+
+
+@pytest.fixture
+def record(request):
+    """Same as tests/faults/conftest.py's: one line for bench/results/reliability.md."""
+    import json
+    import os
+
+    path = os.environ.get("AMFT_RELIABILITY_LOG")
+
+    def write(case: str, done: str, expected: str, happened: str) -> None:
+        if path:
+            with open(path, "a") as out:
+                out.write(json.dumps({"case": case, "test": request.node.nodeid, "done": done,
+                                      "expected": expected, "happened": happened}) + "\n")
+
+    return write
