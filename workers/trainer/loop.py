@@ -72,7 +72,7 @@ def train(spec: JobSpec, out_dir: Path, hooks: TrainerHooks | None = None, resum
     out_dir = Path(out_dir)
     run = setup(spec)
     start_step = restore(run, resume_from) if resume_from else 0
-    last_checkpoint, last_saved_step = resume_from, start_step
+    last_checkpoint = resume_from
     total = spec.training.total_steps
     step = start_step
     for step in range(start_step + 1, total + 1):
@@ -83,12 +83,9 @@ def train(spec: JobSpec, out_dir: Path, hooks: TrainerHooks | None = None, resum
         stopping = hooks.should_stop()
         if step % spec.training.save_every == 0 or step == total or stopping:
             last_checkpoint = save(run, out_dir, step)
-            last_saved_step = step
             hooks.on_checkpoint(step, last_checkpoint)
         if stopping and step < total:
             return TrainResult("stopped", step, last_checkpoint)
-    if last_saved_step != step:  # resumed at the very end: nothing new to save
-        last_checkpoint = save(run, out_dir, step)
     return TrainResult("completed", step, last_checkpoint)
 
 
