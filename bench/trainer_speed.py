@@ -59,7 +59,7 @@ def spec_for(method: str, steps: int):
         "training": {
             "total_steps": steps, "warmup_steps": 0, "learning_rate": LR, "sft_batch_size": 4,
             "rl_prompts_per_step": RL_PROMPTS, "num_generations": GENERATIONS,
-            "max_completion_tokens": NEW_TOKENS, "max_prompt_tokens": 256, "micro_batch_size": 8,
+            "max_completion_tokens": NEW_TOKENS, "max_prompt_tokens": 256, "micro_batch_size": 4,
         },
         # Meta steps at 3 and 6, so steps 2, 4, 5 time the ordinary AMFT step.
         "controller": {"meta_interval": 3, "meta_utility": "reward", "meta_val_prompts": 4},

@@ -246,16 +246,14 @@ def meta_backward(run: Run, mu: float, sft_batch, rollouts) -> Metrics:
     """Like weighted_backward, but keep g_SFT and g_RL apart to compute the meta-gradient m_t."""
     params = [p for p in run.model.parameters() if p.requires_grad]
     g_val = validation_gradient(run, params)
-    run.optimizer.zero_grad(set_to_none=True)
     stats = sft_backward(run, sft_batch, weight=1.0)
-    g_sft = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
-    run.optimizer.zero_grad(set_to_none=True)
+    g_sft = _take_grads(params)
     stats.update(rl_backward(run, rollouts, weight=1.0))
-    g_rl = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    g_rl = _take_grads(params)
     form, lr = run.spec.controller.meta_form, run.lr_scheduler.get_last_lr()[0]
     stats["meta_grad"] = meta_gradient(g_val, g_sft, g_rl, form, lr)
     for p, gs, gr in zip(params, g_sft, g_rl):
-        p.grad = mu * gs + (1.0 - mu) * gr
+        p.grad = gr.mul_(1.0 - mu).add_(gs, alpha=mu)  # in place: no third parameter-sized buffer
     stats["loss"] = mu * stats["sft_loss"] + (1.0 - mu) * stats["rl_loss"]
     stats["_tokens"] = stats.pop("_sft_tokens") + stats.pop("_rl_tokens")
     return stats
@@ -274,7 +272,15 @@ def validation_gradient(run: Run, params: list[torch.nn.Parameter]) -> list[torc
         centred = rollouts.rewards.view(-1, run.spec.training.num_generations)
         rollouts.advantages = (centred - centred.mean(dim=1, keepdim=True)).flatten()
         rl_backward(run, rollouts, weight=1.0, with_kl=False)
-    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+    return _take_grads(params)
+
+
+def _take_grads(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    """Detach the accumulated gradients from the parameters and return them (no copy)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    for p in params:
+        p.grad = None
+    return grads
 
 
 def sft_backward(run: Run, records: list[dict], weight: float) -> Metrics:
