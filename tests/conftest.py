@@ -8,6 +8,7 @@ and Redis (AMFT_TEST_REDIS, default redis://127.0.0.1:6379/0).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -247,3 +248,18 @@ def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "cond
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+@pytest.fixture
+def record(request):
+    """`record(case, done, expected, happened)`: one line of bench/results/reliability.md.
+    Written only when AMFT_RELIABILITY_LOG names a file (the report is made from it)."""
+    path = os.environ.get("AMFT_RELIABILITY_LOG")
+
+    def write(case: str, done: str, expected: str, happened: str) -> None:
+        if path:
+            with open(path, "a") as out:
+                out.write(json.dumps({"case": case, "test": request.node.nodeid, "done": done,
+                                      "expected": expected, "happened": happened}) + "\n")
+
+    return write

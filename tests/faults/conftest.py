@@ -208,20 +208,3 @@ def wait_exit(proc: subprocess.Popen, timeout: float) -> int:
         assert time.monotonic() < deadline, "process did not exit"
         time.sleep(0.1)
     return proc.returncode
-
-
-@pytest.fixture
-def record(request):
-    """`record(case, done, expected, happened)`: one line of bench/results/reliability.md.
-    Written only when AMFT_RELIABILITY_LOG names a file (the report is made from it)."""
-    path = os.environ.get("AMFT_RELIABILITY_LOG")
-
-    def write(case: str, done: str, expected: str, happened: str) -> None:
-        if path:
-            import json
-
-            with open(path, "a") as out:
-                out.write(json.dumps({"case": case, "test": request.node.nodeid, "done": done,
-                                      "expected": expected, "happened": happened}) + "\n")
-
-    return write

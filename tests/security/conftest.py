@@ -50,20 +50,3 @@ def job_with_checkpoint(tenants: Tenants) -> tuple[str, str]:
                                dataset={"source": "builtin:arithmetic", "split": "id"}, sampling={},
                                total=1, correct=1, accuracy=1.0, items=[]))
     return job_id, evaluation_id
-
-
-@pytest.fixture
-def record(request):
-    """Same as tests/faults/conftest.py's: one line for bench/results/reliability.md."""
-    import json
-    import os
-
-    path = os.environ.get("AMFT_RELIABILITY_LOG")
-
-    def write(case: str, done: str, expected: str, happened: str) -> None:
-        if path:
-            with open(path, "a") as out:
-                out.write(json.dumps({"case": case, "test": request.node.nodeid, "done": done,
-                                      "expected": expected, "happened": happened}) + "\n")
-
-    return write
