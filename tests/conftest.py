@@ -183,12 +183,15 @@ class Workers:
     def __init__(self, settings: Settings, log_dir: Path):
         self.settings, self.log_dir, self.procs = settings, log_dir, []
 
-    def start(self) -> subprocess.Popen:
-        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
+    def start(
+        self, settings: Settings | None = None, app: str = "workers.celery_app", extra_env: dict | None = None
+    ) -> subprocess.Popen:
+        """A real `-Q train -c 1` worker process of `app`, in its own process group."""
+        env = {**os.environ, **settings_env(settings or self.settings), **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
         name = f"w{len(self.procs)}-{uuid.uuid4().hex[:6]}@%h"
         log = (self.log_dir / f"worker{len(self.procs)}.log").open("w")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "train", "-c", "1",
+            [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", "train", "-c", "1",
              "-n", name, "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )

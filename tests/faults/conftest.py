@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 
 from service.db import get_database, migrate
 from service.settings import Settings
-from tests.conftest import ROOT, ApiServer, Workers, settings_env, wait_for
+from tests.conftest import ApiServer, Workers, wait_for
 from tests.faults.checker import Outcome, check_job
 from tests.faults.servers import OwnPostgres, OwnRedis, temp_root
 
@@ -73,17 +72,9 @@ class FaultWorkers(Workers):
         self.fault_dir = fault_dir
 
     def start(self, fault: str = "", settings: Settings | None = None) -> subprocess.Popen:
-        env = {**os.environ, **settings_env(settings or self.settings), **TORCH_ENV, "PYTHONUNBUFFERED": "1",
-               "AMFT_TEST_FAULT": fault, "AMFT_TEST_FAULT_DIR": str(self.fault_dir)}
-        name = f"w{len(self.procs)}-{uuid.uuid4().hex[:6]}@%h"
-        log = (self.log_dir / f"worker{len(self.procs)}.log").open("w")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.faults.inject", "worker", "-Q", "train", "-c", "1",
-             "-n", name, "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        self.procs.append(proc)
-        return proc
+        """A worker of the fault-injecting app (tests/faults/inject.py), one torch thread."""
+        fault_env = {**TORCH_ENV, "AMFT_TEST_FAULT": fault, "AMFT_TEST_FAULT_DIR": str(self.fault_dir)}
+        return super().start(settings, app="tests.faults.inject", extra_env=fault_env)
 
     def signal_group(self, proc: subprocess.Popen, sig: int) -> None:
         os.killpg(proc.pid, sig)
