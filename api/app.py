@@ -10,6 +10,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import Callable
 
+import anyio
 from fastapi import FastAPI
 
 from api.errors import BodyLimit, install_error_handlers
@@ -21,7 +22,7 @@ from api.routes.generate import router as generate_router
 from api.routes.jobs import router as jobs_router
 from api.routes.openai_compat import router as openai_router
 from service.auth import PrincipalCache
-from service.db import get_database
+from service.db import POOL_SIZE, get_database
 from service.reaper import Reaper
 from service.settings import Settings, get_settings
 
@@ -43,6 +44,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        # Request threads (sync routes, DB reads) never outnumber the pooled connections.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = POOL_SIZE
         reaper = Reaper(db, publish, settings.reaper_seconds, settings.requeue_unclaimed_seconds).start()
         yield
         reaper.stop()

@@ -66,6 +66,17 @@ def authenticate(db: Database, key: str) -> Principal:
     return Principal(tenant_id=row[3], tenant_name=row[4], key_id=row[0])
 
 
+def active_key_tenant(key_hash):
+    """SQL scalar: the tenant id of the active (unrevoked) key with `key_hash`, else NULL.
+
+    For hot read paths that check the key inside their own statement; the lookup is by
+    hash, like `authenticate`'s, so its timing says nothing about the secret key.
+    """
+    return (
+        select(ApiKey.tenant_id).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)).scalar_subquery()
+    )
+
+
 def revoke_key(db: Database, key_id_or_prefix: str) -> None:
     """Revoke a key by its id or its displayed prefix; raises NotFound if none matches."""
     with db.transaction() as session:

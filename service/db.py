@@ -19,6 +19,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 SQLITE_BUSY_MS = 30_000
+# Connections each process keeps open. The API runs at most this many request threads
+# (api/app.py), so a burst of requests waits for a pooled connection instead of opening
+# and closing overflow ones: each new PostgreSQL connection forks a server process, and
+# under 50 concurrent pollers that churn cost more than the queries.
+POOL_SIZE = 20
 _OPEN: list["Database"] = []  # every Database of this process, for the fork hook
 
 
@@ -74,7 +79,7 @@ def _make_engine(url: str) -> Engine:
         return engine
     # No pre-ping (a round trip per checkout): after a database restart the first use of a
     # stale connection fails once and SQLAlchemy then drops the whole pool.
-    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600)
+    return create_engine(url, pool_size=POOL_SIZE, max_overflow=10, pool_recycle=3600)
 
 
 def _sqlite_on_connect(dbapi_connection, _record) -> None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+from functools import lru_cache
 from numbers import Real
 
-from sqlalchemy import Text, cast, func, literal, select
+from sqlalchemy import Integer, String, Text, bindparam, cast, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
+from service.auth import active_key_tenant, authenticate, hash_key
 from service.db import Database
 from service.errors import InvalidInput, NotFound
 from service.lifecycle import Claim, fence
@@ -57,7 +59,7 @@ def record_step(db: Database, held: Claim, point: dict) -> bool:
 def points_json(
     db: Database, tenant_id: str, job_id: str, names: list[str] | None = None, after_step: int = 0, limit: int = 1000
 ) -> str:
-    """The JSON document of GET /jobs/{id}/metrics:
+    """The JSON document of GET /jobs/{id}/metrics for a job of `tenant_id`:
 
         {"job_id": ..., "points": [{"step": 1, "mu": 0.8, ...}, ...],
          "next_after_step": <last step returned>, "has_more": <another page exists>}
@@ -67,19 +69,55 @@ def points_json(
     what follows, so no row becomes a Python object.
     """
     names = _check_query(names, after_step, limit)
-    after = (MetricPoint.job_id == job_id, MetricPoint.step > after_step)
-    page = select(MetricPoint.step, MetricPoint.values).where(*after).order_by(MetricPoint.step).limit(limit).subquery()
-    owner = select(Job.tenant_id).where(Job.id == job_id).scalar_subquery()
-    following = select(MetricPoint.step).where(*after).order_by(MetricPoint.step).limit(limit + 1)  # index-only
-    ahead = select(func.count()).select_from(following.subquery())
-    query = select(owner, cast(_points_array(db.dialect, page, names), Text), func.max(page.c.step), ahead.scalar_subquery())
+    row = _read_page(db, names, False, {"who": tenant_id, "job_id": job_id, "after_step": after_step, "limit": limit})
+    return _document(row, tenant_id, job_id, after_step, limit)
+
+
+def points_json_for_key(
+    db: Database, api_key: str, job_id: str, names: list[str] | None = None, after_step: int = 0, limit: int = 1000
+) -> str:
+    """`points_json` for the caller holding `api_key` (the dashboards' polling path).
+
+    The key check rides in the same statement, so a poll is one round trip; it is exact,
+    not cached: a revoked key fails on its next poll. Raises Unauthorized for an unknown
+    or revoked key.
+    """
+    names = _check_query(names, after_step, limit)
+    params = {"who": hash_key(api_key), "job_id": job_id, "after_step": after_step, "limit": limit}
+    row = _read_page(db, names, True, params)
+    if row[0] is None:
+        authenticate(db, api_key)  # raises, saying whether the key is unknown or revoked
+    return _document(row, row[0], job_id, after_step, limit)
+
+
+def _read_page(db: Database, names: list[str], by_key: bool, params: dict) -> tuple:
+    """(caller's tenant, job owner, points JSON text, last step, steps available up to limit + 1)."""
     with db.read() as session:
-        found_owner, points, last, available = session.execute(query.select_from(page)).one()
-    if found_owner != tenant_id:
+        return tuple(session.execute(_page_statement(db.dialect, tuple(names), by_key), params).one())
+
+
+def _document(row: tuple, tenant_id: str, job_id: str, after_step: int, limit: int) -> str:
+    _caller, owner, points, last, available = row
+    if owner is None or owner != tenant_id:
         raise NotFound(f"no job {job_id}")
     return '{"job_id":"%s","points":%s,"next_after_step":%d,"has_more":%s}' % (
         job_id, points or "[]", last or after_step, "true" if available > limit else "false"
     )
+
+
+@lru_cache(maxsize=256)
+def _page_statement(dialect: str, names: tuple[str, ...], by_key: bool):
+    """The page query with bind parameters, built once per (dialect, names, caller kind):
+    building a statement costs more than running this one."""
+    limit = bindparam("limit", type_=Integer)
+    after = (MetricPoint.job_id == bindparam("job_id"), MetricPoint.step > bindparam("after_step", type_=Integer))
+    page = select(MetricPoint.step, MetricPoint.values).where(*after).order_by(MetricPoint.step).limit(limit).subquery()
+    caller = active_key_tenant(bindparam("who")) if by_key else bindparam("who", type_=String)
+    owner = select(Job.tenant_id).where(Job.id == bindparam("job_id")).scalar_subquery()
+    following = select(MetricPoint.step).where(*after).order_by(MetricPoint.step).limit(limit + 1)  # index-only
+    ahead = select(func.count()).select_from(following.subquery()).scalar_subquery()
+    points = cast(_points_array(dialect, page, list(names)), Text)
+    return select(caller, owner, points, func.max(page.c.step), ahead).select_from(page)
 
 
 def _points_array(dialect: str, page, names: list[str]):
