@@ -14,6 +14,7 @@ import anyio
 from fastapi import FastAPI
 
 from api.errors import BodyLimit, install_error_handlers
+from api.feeds import JobFeeds
 from api.observability import PrometheusMiddleware
 from api.observability import router as health_router
 from api.routes.evaluations import router as evaluations_router
@@ -54,6 +55,7 @@ def create_app(
     app.state.settings, app.state.db = settings, db
     app.state.publish, app.state.broker_ping = publish, broker_ping
     app.state.principals = PrincipalCache(settings.auth_cache_seconds)
+    app.state.feeds = JobFeeds(db)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, exempt=("/files",))
     app.add_middleware(PrometheusMiddleware)

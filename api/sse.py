@@ -3,7 +3,8 @@
 Each message's id is a cursor `<last step sent>-<last event id sent>`, so a client that
 reconnects with `Last-Event-ID` continues exactly where it stopped. Message types:
 `event` (a job event), `metrics` (one step's metrics), `end` (the job finished; the stream
-closes after everything before it was sent).
+closes after everything before it was sent). Live changes come from the job's shared feed
+(api/feeds.py), so open streams cost the database one poll per job, not one per stream.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ import anyio
 from fastapi import Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from service.db import Database
+from api.feeds import JobFeeds, items_of
 from service.errors import InvalidInput
 from service.jobs import changes_since
-
-POLL_SECONDS = 0.5
 
 
 def wants_stream(request: Request) -> bool:
@@ -39,24 +38,29 @@ def parse_cursor(last_event_id: str | None) -> tuple[int, int]:
         raise InvalidInput("Last-Event-ID: expected `<step>-<event id>` as sent in a previous message's id") from error
 
 
-def job_stream(db: Database, tenant_id: str, job_id: str, last_event_id: str | None) -> EventSourceResponse:
-    """The streaming response for one job."""
+def job_stream(feeds: JobFeeds, tenant_id: str, job_id: str, last_event_id: str | None) -> EventSourceResponse:
+    """The streaming response for one job (whose owner the caller was checked to be)."""
     cursor = parse_cursor(last_event_id)
-    return EventSourceResponse(_messages(db, tenant_id, job_id, *cursor), ping=15)
+    return EventSourceResponse(_messages(feeds, tenant_id, job_id, *cursor), ping=15)
 
 
-async def _messages(db: Database, tenant_id: str, job_id: str, step: int, event_id: int) -> AsyncIterator[ServerSentEvent]:
-    while True:
-        changes = await anyio.to_thread.run_sync(changes_since, db, tenant_id, job_id, step, event_id)
-        for point_step, text in changes.points:
-            step = point_step
-            yield ServerSentEvent(text, event="metrics", id=f"{step}-{event_id}")
-        for event in changes.events:
-            event_id = event["id"]
-            data = dict(event, created_at=event["created_at"].isoformat())
-            yield ServerSentEvent(json.dumps(data), event="event", id=f"{step}-{event_id}")
-        if changes.finished and not changes.events and not changes.points:
-            yield ServerSentEvent(json.dumps({"status": changes.status}), event="end", id=f"{step}-{event_id}")
-            return
-        if not changes.events and not changes.points:
-            await anyio.sleep(POLL_SECONDS)
+async def _messages(feeds: JobFeeds, tenant_id: str, job_id: str, step: int, event_id: int) -> AsyncIterator[ServerSentEvent]:
+    with feeds.follow(tenant_id, job_id) as feed:
+        seq = None  # our place in the feed's log; None until caught up from the database
+        while True:
+            if seq is None or seq < feed.start:
+                changes = await anyio.to_thread.run_sync(changes_since, feed.db, tenant_id, job_id, step, event_id)
+                items, status = items_of(changes, step, event_id), changes.status if changes.finished else None
+                if not items and not status:
+                    seq = feed.position(step, event_id)
+            else:
+                items, status = [item for item in feed.read(seq) if item.newer_than(step, event_id)], feed.status
+                seq = feed.end
+            for item in items:
+                step, event_id = item.step, item.event_id
+                yield ServerSentEvent(item.data, event=item.kind, id=f"{step}-{event_id}")
+            if status and not items:
+                yield ServerSentEvent(json.dumps({"status": status}), event="end", id=f"{step}-{event_id}")
+                return
+            if not items and seq is not None and seq >= feed.start:
+                await feed.wait(seq)

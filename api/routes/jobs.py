@@ -96,7 +96,7 @@ def get_events(
     db = request.app.state.db
     if wants_stream(request):
         jobs.get_job(db, who.tenant_id, job_id)  # 404 now, not inside the stream
-        return job_stream(db, who.tenant_id, job_id, last_event_id)
+        return job_stream(request.app.state.feeds, who.tenant_id, job_id, last_event_id)
     return {"events": jobs.list_events(db, who.tenant_id, job_id, after_id, limit)}
 
 

@@ -4,8 +4,13 @@ the same job's unloaded steps just before and after the load window (same test, 
 machine). The API runs as its production command (uvicorn, its own process); the load
 comes from this process.
 
-The 10% step-time target is asserted where the API and the trainer do not have to share
-cores (>= 4 CPUs); on the 2-core CI machine the figure is measured and reported.
+The worker trains on one torch thread (as every fault worker), so on 2 cores the API,
+its database and the load generator share the other core. It was +187% to +688% while
+each SSE stream polled the database on its own; the streams of a job now share one feed
+(api/feeds.py), and five runs on the 2-core machine measured +0, +2, +5, +10 and +15%:
+the 10% target in the median, with the host's noise on either side of it. So the 10%
+bound is asserted where the trainer has cores to itself (>= 4 CPUs); on 2 cores the test
+asserts 50%, which the per-stream polling design fails by far.
 """
 
 from __future__ import annotations
@@ -136,8 +141,7 @@ def test_12_load_100_clients_while_a_job_trains(env_factory, record):
         record("12", f"{CLIENTS} clients each holding an SSE stream and polling metrics every 1 s for "
                f"{LOAD_SECONDS:.0f} s while a job trains (API: uvicorn process; load: the test process)",
                "no errors, no lost steps, step time +10% at most", figures)
-        if (os.cpu_count() or 1) >= 4:
-            assert degradation <= 0.10, figures
+        assert degradation <= (0.10 if (os.cpu_count() or 1) >= 4 else 0.50), figures
     finally:
         api.terminate()
         try:
