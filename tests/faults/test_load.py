@@ -7,7 +7,7 @@ comes from this process.
 The worker trains on one torch thread (as every fault worker), so on 2 cores the API,
 its database and the load generator share the other core. It was +187% to +688% while
 each SSE stream polled the database on its own; the streams of a job now share one feed
-(api/feeds.py), and five runs on the 2-core machine measured +0, +2, +5, +10 and +15%:
+(api/feeds.py), and six runs on the 2-core machine measured +0, +2, +5, +7, +10 and +15%:
 the 10% target in the median, with the host's noise on either side of it. So the 10%
 bound is asserted where the trainer has cores to itself (>= 4 CPUs); on 2 cores the test
 asserts 50%, which the per-stream polling design fails by far.
