@@ -34,18 +34,25 @@ def test_18_keys_are_hashed_compared_in_constant_time_and_revocable(tenants, rec
     source = inspect.getsource(auth.authenticate)
     assert "hmac.compare_digest" in source and "ApiKey.key_hash == digest" in source
     assert "==" not in source.replace("ApiKey.key_hash == digest", "").replace("Tenant.id == ApiKey.tenant_id", "")
-    # Revoked: fails on the very next request.
+    # The metrics poll checks its key inside its own statement, also by hash only.
+    assert "ApiKey.key_hash == key_hash" in inspect.getsource(auth.active_key_tenant)
+    # Revoked: fails on the very next request, on the general path and on the metrics poll.
     with tenants.alice() as alice:
+        job_id = alice.post("/jobs", json=TINY_SPEC).json()["id"]
         assert alice.get("/jobs").status_code == 200
+        assert alice.get(f"/jobs/{job_id}/metrics").status_code == 200
         revoke_key(db, tenants.alice_key[:12])
-        response = alice.get("/jobs")
-        assert response.status_code == 401 and "revoked" in response.json()["detail"]
+        for path in ("/jobs", f"/jobs/{job_id}/metrics"):
+            response = alice.get(path)
+            assert response.status_code == 401 and "revoked" in response.json()["detail"], path
     with tenants.api.client("amft_" + "x" * 43) as stranger, tenants.api.client() as anonymous:
-        assert stranger.get("/jobs").status_code == 401 and anonymous.get("/jobs").status_code == 401
+        for path in ("/jobs", f"/jobs/{job_id}/metrics"):
+            assert stranger.get(path).status_code == 401 and anonymous.get(path).status_code == 401
     record("18", "read the api_keys table; inspect authenticate; revoke a key between two requests",
            "only hashes stored; constant-time comparison; a revoked key fails on the next request",
-           "only SHA-256 hex digests and a 12-char display prefix stored; lookup by hash + hmac.compare_digest; "
-           "the request after revoke_key answered 401 'revoked'")
+           "only SHA-256 hex digests and a 12-char display prefix stored; lookup by hash + hmac.compare_digest "
+           "(the metrics poll: by hash inside its one statement); the requests after revoke_key (GET /jobs and "
+           "the metrics poll) answered 401 'revoked'")
 
 
 def test_19_other_tenants_ids_answer_404_on_every_route(tenants, record):
