@@ -191,7 +191,13 @@ def train_step(run: Run, step: int) -> Metrics:
     point.update(stats)
     params = [p for p in run.model.parameters() if p.requires_grad]
     point["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, run.spec.training.max_grad_norm))
-    run.optimizer.step()
+    # A batch with no learning signal (every group's rewards equal and no SFT term) must not
+    # move the weights. Adam would: it steps along its momentum, replaying the last noisy
+    # gradients at nearly full step size for tens of steps (issue 5: in pure GRPO, where
+    # most steps were zero-signal, that drift ran completions up to the 100-token cap).
+    # Its state is left as it was, so the next real step is unchanged.
+    if point["grad_norm"] > 0:
+        run.optimizer.step()
     run.lr_scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     train_seconds = time.perf_counter() - train_started

@@ -118,3 +118,23 @@ def test_micro_batches_change_memory_not_maths(tmp_path):
     whole, split = points
     for key in ("loss", "sft_loss", "rl_loss", "entropy", "grad_norm", "reward_mean"):
         assert whole[key] == pytest.approx(split[key], rel=1e-5, abs=1e-6), key
+
+
+def test_a_step_without_learning_signal_leaves_weights_and_optimizer_alone():
+    """SFT steps build Adam momentum; then GRPO steps whose groups all score the same (the
+    random tiny model never answers right) have zero gradient and must not move anything."""
+    import torch
+
+    from workers.trainer.loop import setup, train_step
+
+    run = setup(tiny_spec("sft_then_grpo", total_steps=4, warmup_steps=2))
+    for step in (1, 2):
+        assert train_step(run, step)["grad_norm"] > 0
+    weights = [p.detach().clone() for p in run.model.parameters()]
+    adam_steps = [float(s["step"]) for s in run.optimizer.state.values()]
+    for step in (3, 4):
+        point = train_step(run, step)
+        assert point["mu"] == 0.0 and point["zero_signal_frac"] == 1.0 and point["grad_norm"] == 0.0
+    assert all(torch.equal(before, after) for before, after in zip(weights, run.model.parameters()))
+    assert [float(s["step"]) for s in run.optimizer.state.values()] == adam_steps
+    assert run.lr_scheduler.last_epoch == 4  # the LR schedule still counts every step
