@@ -31,10 +31,10 @@ def configure_env(work: Path) -> None:
     get_settings.cache_clear()
 
 
-def _one_thread() -> None:
+def _one_thread(threads: int = 1) -> None:
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set in this process
@@ -81,7 +81,7 @@ def build_base(config: dict, work: Path, train_source: str, validation: list[dic
     Stops at the first check where greedy accuracy on `validation` reaches the target.
     """
     configure_env(work)
-    _one_thread()
+    _one_thread(os.cpu_count() or 1)  # nothing else runs while the base trains
     from service.specs import JobSpec
     from workers.trainer.evaluation import evaluate_splits
     from workers.trainer.loop import setup, train_step
