@@ -91,7 +91,8 @@ def tier1(args, log) -> dict:
         tuning = runner.run_all(cfg.tune_runs(args.steps), args.work, args.jobs, 0, log)
         picks = choose(tuning)
         log(f"tuning picks (validation only): {picks}")
-    runs = cfg.tier1_runs(seeds=tuple(args.seeds or cfg.TIER1_SEEDS), steps=args.steps, picks=picks)
+    seeds = tuple(args.seeds or cfg.TIER1_SEEDS)
+    runs = cfg.tier1_runs(seeds=seeds, steps=args.steps, picks=picks) + cfg.lr_check_runs(seeds, args.steps, picks)
     if args.only:
         runs = [r for r in runs if r.name in args.only]
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
