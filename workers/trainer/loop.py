@@ -18,6 +18,7 @@ import copy
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,7 +199,9 @@ def train_step(run: Run, step: int) -> Metrics:
     # Its state is left as it was, so the next real step is unchanged.
     if point["grad_norm"] > 0:
         run.optimizer.step()
-    run.lr_scheduler.step()
+    with warnings.catch_warnings():  # counting a skipped step is intended, not a misordering
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before")
+        run.lr_scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     train_seconds = time.perf_counter() - train_started
 
