@@ -71,8 +71,9 @@ class JobFeed:
         return self.start + len(self.log)
 
     def position(self, step: int, event_id: int) -> int:
-        """The seq of the first logged item after a stream's cursor. Below `start` when the
-        log was trimmed past it (the stream must read the database first)."""
+        """The seq of the first logged item after a stream's cursor (caught up from the
+        database). Below `start` when the log was trimmed past it (the stream must read the
+        database first). The first stream's cursor is where the feed's polls begin."""
         if self._cursor is None:
             self._cursor = (step, event_id)
         for index, item in enumerate(self.log):

@@ -14,7 +14,7 @@ import math
 from functools import lru_cache
 from numbers import Real
 
-from sqlalchemy import Integer, String, Text, bindparam, cast, func, literal, select
+from sqlalchemy import Integer, Text, bindparam, cast, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
@@ -57,48 +57,26 @@ def record_step(db: Database, held: Claim, point: dict) -> bool:
 
 
 def points_json(
-    db: Database, tenant_id: str, job_id: str, names: list[str] | None = None, after_step: int = 0, limit: int = 1000
+    db: Database, api_key: str, job_id: str, names: list[str] | None = None, after_step: int = 0, limit: int = 1000
 ) -> str:
-    """The JSON document of GET /jobs/{id}/metrics for a job of `tenant_id`:
+    """The JSON document of GET /jobs/{id}/metrics for the caller holding `api_key`:
 
         {"job_id": ..., "points": [{"step": 1, "mu": 0.8, ...}, ...],
          "next_after_step": <last step returned>, "has_more": <another page exists>}
 
     Points are in step order; `names` keeps only those metrics (step always included).
-    One statement: the database checks the owner, builds the points array and counts
-    what follows, so no row becomes a Python object.
+    One statement, so a dashboard's poll is one round trip: the database checks the key
+    (exactly, not from a cache: a revoked key fails on its next poll) and the owner, builds
+    the points array and counts what follows, so no row becomes a Python object. Raises
+    Unauthorized for an unknown or revoked key, NotFound for another tenant's job.
     """
     names = _check_query(names, after_step, limit)
-    row = _read_page(db, names, False, {"who": tenant_id, "job_id": job_id, "after_step": after_step, "limit": limit})
-    return _document(row, tenant_id, job_id, after_step, limit)
-
-
-def points_json_for_key(
-    db: Database, api_key: str, job_id: str, names: list[str] | None = None, after_step: int = 0, limit: int = 1000
-) -> str:
-    """`points_json` for the caller holding `api_key` (the dashboards' polling path).
-
-    The key check rides in the same statement, so a poll is one round trip; it is exact,
-    not cached: a revoked key fails on its next poll. Raises Unauthorized for an unknown
-    or revoked key.
-    """
-    names = _check_query(names, after_step, limit)
-    params = {"who": hash_key(api_key), "job_id": job_id, "after_step": after_step, "limit": limit}
-    row = _read_page(db, names, True, params)
-    if row[0] is None:
-        authenticate(db, api_key)  # raises, saying whether the key is unknown or revoked
-    return _document(row, row[0], job_id, after_step, limit)
-
-
-def _read_page(db: Database, names: list[str], by_key: bool, params: dict) -> tuple:
-    """(caller's tenant, job owner, points JSON text, last step, steps available up to limit + 1)."""
+    params = {"key_hash": hash_key(api_key), "job_id": job_id, "after_step": after_step, "limit": limit}
     with db.read() as session:
-        return tuple(session.execute(_page_statement(db.dialect, tuple(names), by_key), params).one())
-
-
-def _document(row: tuple, tenant_id: str, job_id: str, after_step: int, limit: int) -> str:
-    _caller, owner, points, last, available = row
-    if owner is None or owner != tenant_id:
+        caller, owner, points, last, available = session.execute(_page_statement(db.dialect, tuple(names)), params).one()
+    if caller is None:
+        authenticate(db, api_key)  # raises, saying whether the key is unknown or revoked
+    if owner != caller:
         raise NotFound(f"no job {job_id}")
     return '{"job_id":"%s","points":%s,"next_after_step":%d,"has_more":%s}' % (
         job_id, points or "[]", last or after_step, "true" if available > limit else "false"
@@ -106,13 +84,13 @@ def _document(row: tuple, tenant_id: str, job_id: str, after_step: int, limit: i
 
 
 @lru_cache(maxsize=256)
-def _page_statement(dialect: str, names: tuple[str, ...], by_key: bool):
-    """The page query with bind parameters, built once per (dialect, names, caller kind):
-    building a statement costs more than running this one."""
+def _page_statement(dialect: str, names: tuple[str, ...]):
+    """The page query with bind parameters, built once per (dialect, names): building a
+    statement costs more than running this one."""
     limit = bindparam("limit", type_=Integer)
     after = (MetricPoint.job_id == bindparam("job_id"), MetricPoint.step > bindparam("after_step", type_=Integer))
     page = select(MetricPoint.step, MetricPoint.values).where(*after).order_by(MetricPoint.step).limit(limit).subquery()
-    caller = active_key_tenant(bindparam("who")) if by_key else bindparam("who", type_=String)
+    caller = active_key_tenant(bindparam("key_hash"))
     owner = select(Job.tenant_id).where(Job.id == bindparam("job_id")).scalar_subquery()
     following = select(MetricPoint.step).where(*after).order_by(MetricPoint.step).limit(limit + 1)  # index-only
     ahead = select(func.count()).select_from(following.subquery()).scalar_subquery()

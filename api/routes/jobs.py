@@ -75,7 +75,7 @@ async def get_metrics(
     The hot path dashboards poll: the key check and the page are one database statement."""
     key, db = bearer_key(request), request.app.state.db
     wanted = names.split(",") if names else None
-    page = await run_in_threadpool(metrics.points_json_for_key, db, key, job_id, wanted, after_step, limit)
+    page = await run_in_threadpool(metrics.points_json, db, key, job_id, wanted, after_step, limit)
     return Response(page, media_type="application/json")
 
 

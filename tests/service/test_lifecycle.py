@@ -147,7 +147,8 @@ def test_resume_claim_points_at_latest_checkpoint_and_drops_later_points(db, ten
     lifecycle.reap(db, Published(), requeue_unclaimed_seconds=3600)
     resumed = lifecycle.claim(db, job.id, "w2", lease_seconds=30)
     assert (resumed.resume_step, resumed.resume_path) == (5, f"jobs/{job.id}/checkpoints/step-000005")
-    body = json.loads(metrics.points_json(db, tenant, job.id))
+    key, _ = create_key(db, "alice")  # the tenant's own key
+    body = json.loads(metrics.points_json(db, key, job.id))
     assert [p["step"] for p in body["points"]] == [1, 2, 3, 4, 5]
 
 
@@ -157,15 +158,16 @@ def test_metrics_upsert_and_query(db, tenant):
     for step in range(1, 6):
         metrics.record_step(db, held, {"step": step, "mu": 0.5, "phase": "main", "kl": float("nan")})
     metrics.record_step(db, held, {"step": 3, "mu": 0.25, "phase": "main"})  # a recomputed step
-    everything = json.loads(metrics.points_json(db, tenant, job.id))
+    key, _ = create_key(db, "alice")  # the tenant's own key
+    everything = json.loads(metrics.points_json(db, key, job.id))
     assert [p["step"] for p in everything["points"]] == [1, 2, 3, 4, 5]
     assert everything["points"][0]["kl"] is None  # NaN is stored as null
-    page = json.loads(metrics.points_json(db, tenant, job.id, ["mu", "phase", "absent"], after_step=1, limit=2))
+    page = json.loads(metrics.points_json(db, key, job.id, ["mu", "phase", "absent"], after_step=1, limit=2))
     assert page["points"] == [{"step": 2, "mu": 0.5, "phase": "main", "absent": None},
                               {"step": 3, "mu": 0.25, "phase": "main", "absent": None}]
     assert (page["next_after_step"], page["has_more"]) == (3, True)
     with pytest.raises(InvalidInput, match="names"):
-        metrics.points_json(db, tenant, job.id, ["mu;drop"])
+        metrics.points_json(db, key, job.id, ["mu;drop"])
 
 
 def test_released_and_declined_jobs_are_published_by_the_next_reaper_pass(db, tenant):
