@@ -30,6 +30,7 @@ from bench import algorithms_config as cfg
 from bench import algorithms_runner as runner
 
 RESULTS = Path(__file__).parent / "results"
+TUNING_JSON = "algorithms_tuning.json"  # the committed tuning pass; its picks are cfg.TIER1_PICKS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,9 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", help="run only these method/ablation names")
     parser.add_argument("--dry-run", action="store_true", help="2 steps, 1 seed, tiny base and evals; results stay in --work")
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from the results json")
-    parser.add_argument("--no-tune", dest="tune", action="store_false",
-                        help="tier 1: skip the validation-only tuning pass and use the committed picks")
+    parser.add_argument("--tune", action="store_true",
+                        help="tier 1: run the validation-only tuning pass first and use its picks")
+    parser.add_argument("--tune-only", action="store_true",
+                        help="tier 1: run the tuning pass, write results/algorithms_tuning.json, then stop")
     parser.add_argument("--deadline", type=float, help="start no new run after this many seconds")
+    parser.add_argument("--build-base", dest="committed_base", action="store_false",
+                        help="tier 1: build the base here instead of starting from the committed bench/base/")
+    parser.add_argument("--base-only", action="store_true", help="tier 1: build (or reuse) the shared base, then stop")
     args = parser.parse_args(argv)
     if args.dry_run:
         args.steps, args.seeds = args.steps or 2, args.seeds or [0]
@@ -62,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.deadline:
         os.environ["AMFT_BENCH_DEADLINE"] = str(time.time() + args.deadline)
     log = _logger(args.work / f"{stem}.log")
+    if args.base_only or args.tune_only:
+        base = tier1_base(args)
+        log(f"base: {base['steps']} SFT steps, validation accuracy {base['val_accuracy']:.3f}, {base['seconds']:.0f} s")
+        if args.tune_only:
+            tuning = tune(args, log)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / TUNING_JSON).write_text(json.dumps(tuning, indent=1))
+        return 0
     started = time.perf_counter()
     results = tier1(args, log) if args.tier == 1 else tier2(args, log)
     results["total_seconds"] = time.perf_counter() - started
@@ -75,26 +89,36 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def tier1_base(args) -> dict:
+    """The shared base: the committed one when its recipe matches, else built (~17 min on 2 cores)."""
+    base_config = tier1_base_config(args.dry_run)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # Build the base in a child process, so this one never starts torch threads.
+        return pool.submit(_tier1_base, base_config, args.work, args.committed_base and not args.dry_run).result()
+
+
+def tier1_base_config(dry: bool) -> dict:
+    return cfg.TIER1_BASE | ({"max_steps": 2, "check_every": 1, "validation_items": 4} if dry else {})
+
+
 def tier1(args, log) -> dict:
     dry = args.dry_run
-    base_config = cfg.TIER1_BASE | ({"max_steps": 2, "check_every": 1, "validation_items": 4} if dry else {})
+    base_config = tier1_base_config(dry)
     final_eval = 8 if dry else cfg.TIER1_FINAL_EVAL
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        # Build the base in a child process, so this one never starts torch threads.
-        base = pool.submit(_tier1_base, base_config, args.work).result()
+    base = tier1_base(args)
     log(f"base: {base['steps']} SFT steps, validation accuracy {base['val_accuracy']:.3f}, {base['seconds']:.0f} s")
-    tuning, picks = None, dict(cfg.TIER1_PICKS)
     if args.tune:
-        from bench.algorithms_tuning import choose
-
-        tuning = runner.run_all(cfg.tune_runs(args.steps), args.work, args.jobs, 0, log)
-        picks = choose(tuning)
-        log(f"tuning picks (validation only): {picks}")
+        tuning = tune(args, log)
+    else:  # the committed picks, and the committed tuning pass that made them (for the report)
+        committed = RESULTS / TUNING_JSON
+        tuning = json.loads(committed.read_text()) if committed.is_file() else {"picks": dict(cfg.TIER1_PICKS), "runs": []}
+    picks = tuning["picks"]
     seeds = tuple(args.seeds or cfg.TIER1_SEEDS)
-    runs = cfg.tier1_runs(seeds=seeds, steps=args.steps, picks=picks) + cfg.lr_check_runs(seeds, args.steps, picks)
+    runs = cfg.tier1_runs(seeds=seeds, steps=args.steps, picks=picks)
     if args.only:
         runs = [r for r in runs if r.name in args.only]
+    runs.sort(key=lambda r: r.spec["method"] == "sft")  # the cheap runs last: no straggler at the end
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         # The base's scores (step 0 of every curve) are computed alongside the first runs.
         pending = pool.submit(runner.evaluate_model, f"local:{cfg.BASE_MODEL}", runner.arithmetic_sets(final_eval), args.work)
@@ -106,16 +130,34 @@ def tier1(args, log) -> dict:
     base["n"] = {name: len(v) for name, v in base_scores.items()}
     return {
         "tier": 1, "dry_run": dry, "threshold": cfg.TIER1_THRESHOLD, "base": base, "runs": records,
-        "picks": picks, "tuning": tuning,
+        "picks": picks, "tuning": tuning["runs"], "tuning_command": tuning.get("command"),
         "config": {"base": base_config, "training": cfg.TIER1_TRAINING, "controller": cfg.TIER1_CONTROLLER,
                    "datasets": cfg.TIER1_DATASETS, "ablations": cfg.TIER1_ABLATIONS, "final_eval_items": final_eval,
                    "amft_warmup": cfg.TIER1_AMFT_WARMUP, "sft_then_grpo_switch": cfg.TIER1_SWITCH},
     }
 
 
-def _tier1_base(config: dict, work: Path) -> dict:
+def tune(args, log) -> dict:
+    """The tuning pass (validation split only): the learning rate first, then the controller at it."""
+    from bench.algorithms_tuning import choose
+
+    started = time.perf_counter()
+    records = runner.run_all(cfg.tune_lr_runs(args.steps), args.work, args.jobs, 0, log)
+    learning_rate = choose(records)["learning_rate"]
+    log(f"tuning: learning rate {learning_rate:g} (validation only); now the controller at it")
+    records += runner.run_all(cfg.tune_controller_runs(learning_rate, args.steps), args.work, args.jobs, 0, log)
+    picks = choose(records)
+    log(f"tuning picks (validation only): {picks}")
+    return {"picks": picks, "runs": records, "seconds": time.perf_counter() - started,
+            "command": "python -m bench.algorithms --tier 1 --tune-only"}
+
+
+def _tier1_base(config: dict, work: Path, committed: bool) -> dict:
     runner.configure_env(work)
     from workers.trainer.data import arithmetic_split
+
+    if committed:
+        runner.install_committed_base(work)
 
     source, _ = runner.materialise(config["data"], "pretrain")
     return runner.build_base(config, work, source, list(arithmetic_split("validation")))
@@ -134,9 +176,12 @@ def tier2(args, log) -> dict:
     if args.only:
         runs = [r for r in runs if r.name in args.only]
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        # The base's scores are computed alongside the runs (on a GPU they share the card).
         sets = pool.submit(_tier2_eval_sets, args.work, eval_items).result()
-        base_scores = pool.submit(runner.evaluate_model, f"local:{cfg.BASE_MODEL}", sets, args.work, "auto").result()
-    records = runner.run_all(runs, args.work, 1, 0, log)
+        pending = pool.submit(runner.evaluate_model, f"local:{cfg.BASE_MODEL}", sets, args.work, "auto",
+                              cfg.TIER2_TRAINING["max_completion_tokens"])
+        records = runner.run_all(runs, args.work, args.jobs, 0, log)
+        base_scores = pending.result()
     base["scores"] = {name: sum(v) / len(v) for name, v in base_scores.items()}
     base["n"] = {name: len(v) for name, v in base_scores.items()}
     return {"tier": 2, "dry_run": dry, "base": base, "runs": records,

@@ -1,7 +1,7 @@
 """Configurations of the algorithms benchmark (issue 5): the base checkpoint, every method, the ablations.
 
 Everything a tier runs is defined here, so the configuration is committed with the code.
-`tier1_runs`, `tune_runs` and `tier2_runs` list the runs; `job_spec(run)` validates one.
+`tier1_runs`, `tune_lr_runs`, `tune_controller_runs` and `tier2_runs` list the runs; `job_spec(run)` validates one.
 Hyperparameters were chosen on the validation split only (see bench/ALGORITHMS_PROTOCOL.md).
 """
 
@@ -74,7 +74,7 @@ TIER1_FINAL_EVAL = 500  # items per split (ID, OOD) scored on the final checkpoi
 
 # AMFT controller for the short runs. K is scaled to the run length (the service default
 # of 20 would give 3 meta steps in 80). eta_H and eta_meta here are only fallbacks: the
-# tuning pass (or TIER1_PICKS with --no-tune) sets both.
+# tuning pass picks both (TIER1_PICKS).
 TIER1_CONTROLLER = {
     "mu0": 0.8,
     "mu_min": 0.05,
@@ -91,20 +91,20 @@ TIER1_AMFT_WARMUP = 10  # pure-SFT steps before the controller (also CHORD's war
 TIER1_SWITCH = TIER1_STEPS // 2  # sft_then_grpo: SFT for steps 1-40, GRPO for 41-80
 TIER1_RAW_ETA_META = 0.2  # fallback; the tuning pass matches it to the cosine scale
 
-# The picks of the H100 tuning pass (used by --no-tune). They were made on the weak base
-# described above. The committed CPU results reuse them, because the tuning pass did not
-# fit the session; re-make them (the default) when there is time for it.
-TIER1_PICKS: dict = {"learning_rate": 3e-4, "eta_meta": 0.5, "eta_H": 5e-4, "raw_eta_meta": 14213.48}
-# The tuning pass (run by default): validation accuracy only, its own seed, one run per
-# point. lr: one learning rate for every method, the best mean over sft, grpo and fixed.
-# AMFT: each controller term alone at TUNE_AMFT_LR; the raw probe only logs raw m_t
-# (eta 1e-12 never moves mu) so the raw eta can be matched to the cosine one.
+# The picks of the committed tuning pass (bench/results/algorithms_tuning.json, made by
+# `--tier 1 --tune-only` on the committed base). A plain `--tier 1` uses them; `--tune`
+# re-makes them first. Filled in from that file; see bench/ALGORITHMS_PROTOCOL.md.
+TIER1_PICKS: dict = {"learning_rate": 1e-5, "eta_meta": 0.5, "eta_H": 5e-4, "raw_eta_meta": 320309.0}
+# The tuning pass: validation accuracy only, its own seed, one run per point, two stages.
+# 1. One learning rate for every method: the best mean over TUNE_LR_METHODS.
+# 2. At that rate, AMFT with each controller term alone (eta_meta, eta_H), plus a probe of
+#    raw m_t magnitudes so the raw eta can be matched to the cosine one.
+# Session 2 tuned the controller at a fixed lr of 1e-3, where every method collapses on
+# this base (sft 9%, fixed 10% validation), so its eta picks were noise: hence stage 2.
 TUNE_SEED = 100
-# 3e-5 and 1e-4 were added after pure GRPO collapsed at 3e-4 and improved at 3e-5 (see
-# TIER1_LR_CHECK); 3e-3 was dropped (clearly worst on the weak base, 2.3% mean).
-TUNE_LRS = (3e-5, 1e-4, 3e-4, 1e-3)
+# 3e-3 was dropped (clearly worst on session 1's base); 1e-5 added when 3e-5 won at the edge.
+TUNE_LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
 TUNE_LR_METHODS = ("sft", "grpo", "fixed")
-TUNE_AMFT_LR = 1e-3
 TUNE_ETA_META = (0.02, 0.1, 0.5)
 TUNE_ETA_H = (5e-4, 0.05, 0.5)
 
@@ -175,45 +175,32 @@ def tier1_runs(seeds=TIER1_SEEDS, steps: int | None = None, picks: dict | None =
     return runs
 
 
-# Added after the first CPU run: at the shared learning rate (3e-4, the weak base's tuning
-# pick) pure GRPO collapsed within its first two steps. A validation-only probe (seed 100,
-# 80 steps) found GRPO improving at 3e-5: 32% -> 44% validation accuracy, against 3.5% ->
-# 1.5% at 3e-4. These runs repeat three methods at 3e-5, named e.g. "grpo@lr3e-05".
-TIER1_LR_CHECK = 3e-5
-TIER1_LR_CHECK_METHODS = ("grpo", "amft", "sft")
+def tune_lr_runs(steps: int | None = None) -> list[RunConfig]:
+    """Tuning, stage 1: the learning-rate grid, scored on the validation split only."""
+    return [_tune_run(f"tune-{method}-lr{lr:g}", method, lr, None, steps)
+            for lr in TUNE_LRS for method in TUNE_LR_METHODS]
 
 
-def lr_check_runs(seeds=TIER1_SEEDS, steps: int | None = None, picks: dict | None = None) -> list[RunConfig]:
-    """The learning-rate check: TIER1_LR_CHECK_METHODS at TIER1_LR_CHECK, controller picks as in the main runs."""
-    picks = picks or {}
-    training = _steps_override(steps) | {"learning_rate": TIER1_LR_CHECK}
-    controller = {k: picks[k] for k in ("eta_H", "eta_meta") if k in picks}
-    return [RunConfig(f"{method}@lr{TIER1_LR_CHECK:g}", "lr_check", seed,
-                      tier1_spec(method, seed, training=training, controller=controller))
-            for method in TIER1_LR_CHECK_METHODS for seed in seeds]
+def tune_controller_runs(learning_rate: float, steps: int | None = None) -> list[RunConfig]:
+    """Tuning, stage 2: each AMFT controller term alone, at the learning rate stage 1 picked.
 
-
-def tune_runs(steps: int | None = None) -> list[RunConfig]:
-    """The tuning pass: scored on the validation split only (never id/ood)."""
-    training = _steps_override(steps)
-    validation = [{"source": "builtin:arithmetic", "split": "validation"}]
-    runs = []
-
-    def add(name, method, lr, controller=None):
-        spec = tier1_spec(method, TUNE_SEED, training=training | {"learning_rate": lr}, controller=controller)
-        spec["datasets"]["eval"] = validation
-        spec["training"]["eval_limit"] = 500 if not steps else 4
-        runs.append(RunConfig(name, "tune", TUNE_SEED, spec))
-
-    for lr in TUNE_LRS:
-        for method in TUNE_LR_METHODS:
-            add(f"tune-{method}-lr{lr:g}", method, lr)
-    for eta in TUNE_ETA_META:
-        add(f"tune-amft-meta{eta:g}", "amft", TUNE_AMFT_LR, {"eta_H": 0.0, "eta_meta": eta})
-    for eta in TUNE_ETA_H:
-        add(f"tune-amft-H{eta:g}", "amft", TUNE_AMFT_LR, {"eta_H": eta, "eta_meta": 0.0})
-    add("tune-amft-rawprobe", "amft", TUNE_AMFT_LR, {"eta_H": 0.0, "eta_meta": 1e-12, "meta_form": "raw"})
+    The raw probe only logs raw m_t (eta 1e-12 never moves mu), so the raw eta can be
+    matched to the cosine one. The names carry the learning rate: results are cached by name.
+    """
+    runs = [_tune_run(f"tune-amft-meta{eta:g}-lr{learning_rate:g}", "amft", learning_rate,
+                      {"eta_H": 0.0, "eta_meta": eta}, steps) for eta in TUNE_ETA_META]
+    runs += [_tune_run(f"tune-amft-H{eta:g}-lr{learning_rate:g}", "amft", learning_rate,
+                       {"eta_H": eta, "eta_meta": 0.0}, steps) for eta in TUNE_ETA_H]
+    runs.append(_tune_run(f"tune-amft-rawprobe-lr{learning_rate:g}", "amft", learning_rate,
+                          {"eta_H": 0.0, "eta_meta": 1e-12, "meta_form": "raw"}, steps))
     return runs
+
+
+def _tune_run(name: str, method: str, lr: float, controller: dict | None, steps: int | None) -> RunConfig:
+    spec = tier1_spec(method, TUNE_SEED, training=_steps_override(steps) | {"learning_rate": lr}, controller=controller)
+    spec["datasets"]["eval"] = [{"source": "builtin:arithmetic", "split": "validation"}]
+    spec["training"]["eval_limit"] = 500 if not steps else 4
+    return RunConfig(name, "tune", TUNE_SEED, spec)
 
 
 def _steps_override(steps: int | None) -> dict:

@@ -94,14 +94,22 @@ def tier1_plots(groups, base, methods, ablations, out_dir: Path, stem: str) -> l
 
 def tier2_markdown(results: dict) -> str:
     """Tier 2: one seed per method; binomial standard errors on every score."""
+    from bench.algorithms_report import tail_mean
+
     base = results["base"]
     splits = list(base["scores"])
+    devices = sorted({r.get("torch_device", "?") for r in results["runs"]})
     lines = [
         "# Algorithms benchmark, tier 2: SmolLM2-135M",
         "",
         f"Command: `{results.get('command', 'python -m bench.algorithms --tier 2')}`"
         + (" (DRY RUN: not a result)" if results.get("dry_run") else ""),
-        f"Total time {results.get('total_seconds', 0) / 60:.1f} min. Accuracy % ± binomial standard error.",
+        f"Total time {results.get('total_seconds', 0) / 60:.1f} min on {', '.join(devices)}. "
+        "Accuracy % ± binomial standard error. Protocol: bench/ALGORITHMS_PROTOCOL.md.",
+        "",
+        f"Base: {base['steps']} SFT steps, validation accuracy {pct(base['val_accuracy'])}%.",
+        "",
+        "<!-- findings -->\n## Findings\n\n(to be written from the tables below)\n<!-- /findings -->",
         "",
         "| run | steps | train s | " + " | ".join(splits) + " |",
         "|---|---|---|" + "---|" * len(splits),
@@ -111,6 +119,14 @@ def tier2_markdown(results: dict) -> str:
         final = run["final"]
         lines.append(f"| {run['name']} (seed {run['seed']}) | {len(run['steps'])} | {run['train_seconds']:.0f} | "
                      + " | ".join(_binomial(final.get(s, math.nan), final["n"].get(s, 0)) for s in splits) + " |")
+    lines += ["", "Training signals, mean over each run's last 10 steps that had rollouts:", "",
+              "| run | final mu | rollout accuracy % | zero-signal groups % | entropy | completion tokens |",
+              "|---|---|---|---|---|---|"]
+    for run in results["runs"]:
+        formats = {"accuracy": pct, "zero_signal_frac": pct, "entropy": "{:.2f}".format,
+                   "completion_tokens_mean": "{:.0f}".format}
+        cells = [("n/a" if (v := tail_mean(run, k)) is None else f(v)) for k, f in formats.items()]
+        lines.append(f"| {run['name']} | {run['steps'][-1]['mu']:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

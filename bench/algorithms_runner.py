@@ -75,6 +75,25 @@ def materialise(recipe: list, tag: str, seed: int = 0) -> tuple[str, list[dict]]
     return upload_records(records, f"{tag}-{json.dumps(recipe)}"), records
 
 
+COMMITTED_BASE = Path(__file__).parent / "base"
+
+
+def install_committed_base(work: Path) -> bool:
+    """Copy the committed tier-1 base (bench/base/) into the work folder, unless one is there.
+
+    `build_base` then reuses it when its recorded recipe hash matches the config's.
+    """
+    from bench.algorithms_config import BASE_MODEL
+
+    source, info = COMMITTED_BASE / BASE_MODEL, COMMITTED_BASE / f"{BASE_MODEL}.json"
+    target = work / "models" / BASE_MODEL
+    if target.exists() or not info.is_file():
+        return False
+    shutil.copytree(source, target)
+    shutil.copy2(info, work / "models" / info.name)
+    return True
+
+
 def build_base(config: dict, work: Path, train_source: str, validation: list[dict], log=print) -> dict:
     """SFT-pretrain the shared base and save it as `local:<name>`; cached by config hash.
 
@@ -126,12 +145,13 @@ def build_base(config: dict, work: Path, train_source: str, validation: list[dic
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     info = {"config": config, "config_hash": digest, "steps": step, "val_accuracy": accuracy,
-            "seconds": time.perf_counter() - started, "history": history}
+            "seconds": time.perf_counter() - started, "device": _device_name(str(run.device)), "history": history}
     info_path.write_text(json.dumps(info, indent=1))
     return info
 
 
-def evaluate_model(source: str, sets: dict[str, list[dict]], work: Path, device: str = "cpu") -> dict:
+def evaluate_model(source: str, sets: dict[str, list[dict]], work: Path, device: str = "cpu",
+                   max_new_tokens: int = 100) -> dict:
     """Greedy correctness (0/1 per item) of a model source on each named record list."""
     configure_env(work)
     _one_thread()
@@ -148,7 +168,7 @@ def evaluate_model(source: str, sets: dict[str, list[dict]], work: Path, device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_policy(source, get_settings(), device=device)
     engine = TransformersEngine(model.eval(), tokenizer.pad_token_id, tokenizer.eos_token_id)
-    training = TrainingSpec(max_prompt_tokens=512, max_completion_tokens=256 if "smollm" in source else 100)
+    training = TrainingSpec(max_prompt_tokens=512, max_completion_tokens=max_new_tokens)
     scores = {}
     for name, records in sets.items():
         texts = greedy_completions(engine, tokenizer, records, training)
@@ -221,6 +241,12 @@ def _torch_device(spec) -> str:
     if spec.training.device == "cpu" or not torch.cuda.is_available():
         return "cpu"
     return torch.cuda.get_device_name(0)
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if device.startswith("cuda") else device
 
 
 def _stage_final(checkpoint: Path, work: Path, key: str) -> str:

@@ -57,8 +57,8 @@ def tuning_markdown(tuning: list[dict], picks: dict) -> list[str]:
     if not tuning:
         return []
     lines = ["## Tuning pass (validation split only, seed %d, one run per point)" % cfg.TUNE_SEED, "",
-             "| run | method | lr | eta_H | eta_meta | form | validation acc % | final mu | median abs m_t |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| run | method | lr | eta_H | eta_meta | form | validation acc % | final mu | median abs m_t | device |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(tuning, key=lambda r: r["name"]):
         s, c = r["spec"], r["spec"]["controller"]
         amft = s["method"] == "amft"
@@ -67,6 +67,6 @@ def tuning_markdown(tuning: list[dict], picks: dict) -> list[str]:
             f"| {r['name']} | {s['method']} | {s['training']['learning_rate']:g} | "
             f"{c['eta_H'] if amft else '—'} | {c['eta_meta'] if amft else '—'} | {c['meta_form'] if amft else '—'} | "
             f"{100 * _val(r):.1f} | {r['steps'][-1]['mu']:.3f} | "
-            f"{statistics.median(meta) if meta else float('nan'):.3g} |")
+            f"{statistics.median(meta) if meta else float('nan'):.3g} | {r.get('torch_device', '?')} |")
     lines += ["", "Picks: " + ", ".join(f"{k} = {v:.4g}" for k, v in picks.items()), ""]
     return lines

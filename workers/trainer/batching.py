@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 
 from workers.trainer.models import format_prompt
 
@@ -71,7 +72,40 @@ def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int) ->
 
 
 def completion_logits(model, batch: PackedBatch) -> torch.Tensor:
-    """Logits predicting each completion token: [B, C, V]. The LM head skips the prompt."""
+    """Logits predicting each completion token: [B, C, V]. The LM head skips the prompt.
+
+    Rows that share a prompt (a GRPO group's G samples) run it once: the distinct prompts
+    go through the model first, their key/value cache is copied out to every row, and the
+    completions run on top of it. Gradients flow back through the copies into the shared
+    prompt pass, so the result equals one pass over [prompt | completion] per row. With
+    long prompts this removes most of an RL batch's compute (issue 5: tier 1's prompts are
+    ~150 tokens, its completions ~40).
+    """
+    prompt_len = batch.input_ids.shape[1] - batch.completion_len
+    if prompt_len == 0:
+        return _full_pass_logits(model, batch)
+    prompts, row_prompt, first_row = distinct_rows(batch.input_ids[:, :prompt_len])
+    if len(prompts) == len(row_prompt):
+        return _full_pass_logits(model, batch)
+    cache = DynamicCache(config=base_config(model))
+    prompt_out = model(
+        input_ids=prompts,
+        attention_mask=batch.attention_mask[first_row, :prompt_len],
+        position_ids=batch.position_ids[first_row, :prompt_len],
+        cache=cache, use_cache=True, logits_to_keep=1,
+    )
+    cache.batch_select_indices(row_prompt)  # [U, ...] -> [B, ...], differentiable
+    out = model(
+        input_ids=batch.input_ids[:, prompt_len:],
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids[:, prompt_len:],
+        cache=cache, use_cache=True,
+    )
+    # The last prompt position predicts completion token 0; completion position i predicts i + 1.
+    return torch.cat([prompt_out.logits[row_prompt], out.logits[:, :-1, :]], dim=1)
+
+
+def _full_pass_logits(model, batch: PackedBatch) -> torch.Tensor:
     out = model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
@@ -81,3 +115,16 @@ def completion_logits(model, batch: PackedBatch) -> torch.Tensor:
     )
     # Position i predicts token i + 1: drop the last position (it predicts past the end).
     return out.logits[:, :-1, :]
+
+
+def distinct_rows(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ids [B, L] -> (distinct rows [U, L], row -> distinct index [B], first row of each [U])."""
+    unique, inverse = torch.unique(ids, dim=0, return_inverse=True)
+    rows = torch.arange(len(inverse), device=ids.device)
+    first = torch.full((len(unique),), len(inverse), device=ids.device).scatter_reduce(0, inverse, rows, reduce="amin")
+    return unique, inverse, first
+
+
+def base_config(model):
+    """The transformers config, also through a peft wrapper."""
+    return model.get_base_model().config if hasattr(model, "get_base_model") else model.config

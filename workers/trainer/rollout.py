@@ -11,6 +11,8 @@ from typing import Protocol
 import torch
 from transformers import DynamicCache
 
+from workers.trainer.batching import base_config, distinct_rows
+
 
 class RolloutEngine(Protocol):
     def generate(
@@ -75,8 +77,11 @@ class TransformersEngine:
         input_ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        cache = DynamicCache(config=_base_config(self.model))
-        logits = self._forward(input_ids, mask, positions, cache)
+        cache = DynamicCache(config=base_config(self.model))
+        # Prefill each distinct prompt once (a group's G samples share it), then copy its cache out.
+        prompts, row_prompt, first_row = distinct_rows(input_ids)
+        logits = self._forward(prompts, mask[first_row], positions[first_row], cache)[row_prompt]
+        cache.batch_select_indices(row_prompt)
         finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
         generated = []
         for _ in range(max_new_tokens):
@@ -112,11 +117,6 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float, greedy: b
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     return torch.multinomial(probs, 1).squeeze(1)
-
-
-def _base_config(model):
-    """The transformers config, also through a peft wrapper."""
-    return model.get_base_model().config if hasattr(model, "get_base_model") else model.config
 
 
 def _until_eos(ids: list[int], eos_id: int) -> list[int]:

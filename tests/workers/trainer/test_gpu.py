@@ -30,3 +30,20 @@ def test_cuda_resume_matches_uninterrupted_run(tmp_path):
     for a, b in zip(straight, first + second):
         assert a["mu"] == pytest.approx(b["mu"], abs=1e-6)
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shared_prompt_pass_matches_full_pass_on_cuda(dtype):
+    from tests.workers.trainer.test_batching import _grouped_batch, _logprob_sum_and_grads
+    from workers.trainer.batching import _full_pass_logits, completion_logits
+    from workers.trainer.models import build_tiny_model
+
+    model = build_tiny_model().to("cuda", dtype)
+    batch = _grouped_batch().to("cuda")
+    shared, shared_grads = _logprob_sum_and_grads(model, batch, completion_logits)
+    full, full_grads = _logprob_sum_and_grads(model, batch, _full_pass_logits)
+    mask = batch.completion_mask.bool()
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2  # bf16 rounds at ~3 significant digits
+    assert (shared[mask].float() - full[mask].float()).abs().max() <= tolerance * full[mask].float().abs().max() + 1e-4
+    for a, b in zip(shared_grads, full_grads):
+        assert (a.float() - b.float()).abs().max() <= tolerance * b.float().abs().max() + 1e-6

@@ -41,3 +41,12 @@ def test_top_p_keeps_only_the_nucleus():
     drawn = {int(next_token(logits, 1.0, 0.7, greedy=False)) for _ in range(300)}
     assert drawn == {0, 1}  # 0.5 + 0.3 reaches 0.7; the tail is never sampled
     assert int(next_token(logits, 1.0, 1.0, greedy=True)) == 0
+
+
+def test_samples_of_one_prompt_share_its_prefill_and_decode_as_if_alone():
+    model, tokenizer = load_policy("builtin:tiny", get_settings())
+    engine = TransformersEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    prompts = [tokenizer("Question: 4 + 5?\nAnswer: ")["input_ids"], tokenizer("xyz")["input_ids"]]
+    grouped = engine.generate(prompts, num_samples=3, max_new_tokens=10, greedy=True)
+    alone = engine.generate(prompts, num_samples=1, max_new_tokens=10, greedy=True)
+    assert grouped == [alone[0]] * 3 + [alone[1]] * 3
