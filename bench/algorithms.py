@@ -1,9 +1,9 @@
 """Does AMFT beat SFT, GRPO, SFT->GRPO, fixed-mu and CHORD? The evidence benchmark (issue 5).
 
-    python -m bench.algorithms --tier 1             # tuning pass + every run (see the protocol for times)
+    python -m bench.algorithms --tier 1             # every run, committed base and picks (25 min on 2 cores)
+    python -m bench.algorithms --tier 1 --tune-only # the validation-only tuning pass that made the picks
     python -m bench.algorithms --tier 1 --dry-run   # 2 steps, 1 seed, tiny evals: checks it all runs
-    python -m bench.algorithms --tier 1 --jobs 16 --deadline 370   # what produced the results (H100, 16 cores)
-    python -m bench.algorithms --tier 2             # SmolLM2-135M, 1-2 h (GPU advised)
+    python -m bench.algorithms --tier 2 --jobs 3    # SmolLM2-135M (GPU advised)
     python -m bench.algorithms --tier 1 --report-only   # rebuild md/plots from algorithms.json
 
 Tier 1: builtin:tiny on the built-in arithmetic task. One shared base checkpoint (a short

@@ -215,7 +215,7 @@ def job_spec(run: RunConfig) -> JobSpec:
     return JobSpec.model_validate(run.spec)
 
 
-# ------------------------------------------------------------------ tier 2 (not run in-session)
+# ------------------------------------------------------------------ tier 2
 
 # Data recipes: lists of (source, split, start, stop) slices, materialised as uploaded
 # JSONL files. GSM8K has no validation split: its last 200 train items serve as one.

@@ -145,7 +145,7 @@ def build_base(config: dict, work: Path, train_source: str, validation: list[dic
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     info = {"config": config, "config_hash": digest, "steps": step, "val_accuracy": accuracy,
-            "seconds": time.perf_counter() - started, "device": _device_name(str(run.device)), "history": history}
+            "seconds": time.perf_counter() - started, "device": _device_name(run.device.type), "history": history}
     info_path.write_text(json.dumps(info, indent=1))
     return info
 
@@ -223,7 +223,7 @@ def run_one(run_dict: dict, work: str, final_eval: int) -> dict:
     record = {
         "name": run.name, "group": run.group, "seed": run.seed, "spec": spec.model_dump(mode="json"),
         "steps": [{k: p[k] for k in KEEP if k in p} | {k: v for k, v in p.items() if k.startswith("eval_")} for p in points],
-        "final": final, "wall_seconds": wall, "host": platform.node(), "torch_device": _torch_device(spec),
+        "final": final, "wall_seconds": wall, "host": platform.node(), "torch_device": _device_name(spec.training.device),
         "train_seconds": sum(p["step_seconds"] for p in points),
     }
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -235,18 +235,13 @@ def run_one(run_dict: dict, work: str, final_eval: int) -> dict:
     return record
 
 
-def _torch_device(spec) -> str:
+def _device_name(device: str) -> str:
+    """"cpu", or the GPU's name where `device` is (or "auto" resolves to) CUDA."""
     import torch
 
-    if spec.training.device == "cpu" or not torch.cuda.is_available():
+    if device == "cpu" or not torch.cuda.is_available():
         return "cpu"
     return torch.cuda.get_device_name(0)
-
-
-def _device_name(device: str) -> str:
-    import torch
-
-    return torch.cuda.get_device_name(0) if device.startswith("cuda") else device
 
 
 def _stage_final(checkpoint: Path, work: Path, key: str) -> str:
