@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bench.algorithms_report import curve, pct  # noqa: E402
+from bench.algorithms_report import FINDINGS_PLACEHOLDER, curve, pct  # noqa: E402
 
 COLORS = {"amft": "C3", "sft": "C0", "grpo": "C2", "sft_then_grpo": "C1", "fixed": "C4", "chord": "C5",
           "amft_entropy_only": "C6", "amft_meta_only": "C7", "amft_raw_meta": "C8", "amft_mu0_0.5": "C9"}
@@ -109,7 +109,7 @@ def tier2_markdown(results: dict) -> str:
         "",
         f"Base: {base['steps']} SFT steps, validation accuracy {pct(base['val_accuracy'])}%.",
         "",
-        "<!-- findings -->\n## Findings\n\n(to be written from the tables below)\n<!-- /findings -->",
+        FINDINGS_PLACEHOLDER,
         "",
         "| run | steps | train s | " + " | ".join(splits) + " |",
         "|---|---|---|" + "---|" * len(splits),
@@ -122,9 +122,9 @@ def tier2_markdown(results: dict) -> str:
     lines += ["", "Training signals, mean over each run's last 10 steps that had rollouts:", "",
               "| run | final mu | rollout accuracy % | zero-signal groups % | entropy | completion tokens |",
               "|---|---|---|---|---|---|"]
+    formats = {"accuracy": pct, "zero_signal_frac": pct, "entropy": "{:.2f}".format,
+               "completion_tokens_mean": "{:.0f}".format}
     for run in results["runs"]:
-        formats = {"accuracy": pct, "zero_signal_frac": pct, "entropy": "{:.2f}".format,
-                   "completion_tokens_mean": "{:.0f}".format}
         cells = [("n/a" if (v := tail_mean(run, k)) is None else f(v)) for k, f in formats.items()]
         lines.append(f"| {run['name']} | {run['steps'][-1]['mu']:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 METHOD_ORDER = ("amft", "sft", "grpo", "sft_then_grpo", "fixed", "chord")
 FINDINGS = re.compile(r"<!-- findings -->.*?<!-- /findings -->", re.S)
+FINDINGS_PLACEHOLDER = "<!-- findings -->\n## Findings\n\n(to be written from the tables below)\n<!-- /findings -->"
 
 
 def by_name(runs: list[dict]) -> dict[str, list[dict]]:
@@ -161,7 +162,7 @@ def tier1_markdown(results: dict, out_dir: Path, stem: str) -> str:
         "Where the runs ran: " + ", ".join(f"{n} run(s) on {d}" for d, n in _devices(results["runs"]).items())
         + ". Seconds compare only between runs on the same device.",
         "",
-        "<!-- findings -->\n## Findings\n\n(to be written from the tables below)\n<!-- /findings -->",
+        FINDINGS_PLACEHOLDER,
         "",
         "## Methods",
         "",
