@@ -2,6 +2,7 @@
 
     python -m bench.algorithms --tier 1             # every run, committed base and picks (25 min on 2 cores)
     python -m bench.algorithms --tier 1 --tune-only # the validation-only tuning pass that made the picks
+    python -m bench.algorithms --tier 1 --stability # the stability claim: every method at too-high learning rates
     python -m bench.algorithms --tier 1 --dry-run   # 2 steps, 1 seed, tiny evals: checks it all runs
     python -m bench.algorithms --tier 2 --jobs 3    # SmolLM2-135M (GPU advised)
     python -m bench.algorithms --tier 1 --report-only   # rebuild md/plots from algorithms.json
@@ -51,12 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-base", dest="committed_base", action="store_false",
                         help="tier 1: build the base here instead of starting from the committed bench/base/")
     parser.add_argument("--base-only", action="store_true", help="tier 1: build (or reuse) the shared base, then stop")
+    parser.add_argument("--stability", action="store_true",
+                        help="tier 1: the stability runs at stress learning rates instead of the methods")
     args = parser.parse_args(argv)
     if args.dry_run:
         args.steps, args.seeds = args.steps or 2, args.seeds or [0]
         args.work = args.work / f"dry-tier{args.tier}"
     out_dir = args.work / "results" if args.dry_run else RESULTS
-    stem = "algorithms" if args.tier == 1 else "algorithms_tier2"
+    stem = "algorithms_tier2" if args.tier == 2 else "algorithms_stability" if args.stability else "algorithms"
     json_path = out_dir / f"{stem}.json"
     if args.report_only:
         from bench.algorithms_report import write_report
@@ -105,22 +108,41 @@ def tier1(args, log) -> dict:
     dry = args.dry_run
     base_config = tier1_base_config(dry)
     final_eval = 8 if dry else cfg.TIER1_FINAL_EVAL
-    context = multiprocessing.get_context("spawn")
     base = tier1_base(args)
     log(f"base: {base['steps']} SFT steps, validation accuracy {base['val_accuracy']:.3f}, {base['seconds']:.0f} s")
-    if args.tune:
-        tuning = tune(args, log)
-    else:  # the committed picks, and the committed tuning pass that made them (for the report)
-        committed = RESULTS / TUNING_JSON
-        tuning = json.loads(committed.read_text()) if committed.is_file() else {"picks": dict(cfg.TIER1_PICKS), "runs": []}
+    tuning = tune(args, log) if args.tune else committed_tuning()
     picks = tuning["picks"]
     seeds = tuple(args.seeds or cfg.TIER1_SEEDS)
-    runs = cfg.tier1_runs(seeds=seeds, steps=args.steps, picks=picks)
+    make_runs = cfg.stability_runs if args.stability else cfg.tier1_runs
+    runs = make_runs(seeds=seeds, steps=args.steps, picks=picks)
     if args.only:
         runs = [r for r in runs if r.name in args.only]
+    records = runs_beside_base(runs, base, args, final_eval, log)
+    config = {"base": base_config, "training": cfg.TIER1_TRAINING, "controller": cfg.TIER1_CONTROLLER,
+              "datasets": cfg.TIER1_DATASETS, "final_eval_items": final_eval, "amft_warmup": cfg.TIER1_AMFT_WARMUP,
+              "sft_then_grpo_switch": cfg.TIER1_SWITCH}
+    if args.stability:
+        config |= {"learning_rates": cfg.STABILITY_LRS, "variants": cfg.STABILITY_VARIANTS,
+                   "collapse_fraction": cfg.STABILITY_COLLAPSE}
+    else:
+        config["ablations"] = cfg.TIER1_ABLATIONS
+    return {
+        "tier": 1, "kind": "stability" if args.stability else "methods", "dry_run": dry,
+        "threshold": cfg.TIER1_THRESHOLD, "base": base, "runs": records, "picks": picks,
+        "tuning": tuning["runs"], "tuning_command": tuning.get("command"), "config": config,
+    }
+
+
+def committed_tuning() -> dict:
+    """The committed tuning pass (its picks are cfg.TIER1_PICKS), kept for the report."""
+    committed = RESULTS / TUNING_JSON
+    return json.loads(committed.read_text()) if committed.is_file() else {"picks": dict(cfg.TIER1_PICKS), "runs": []}
+
+
+def runs_beside_base(runs: list, base: dict, args, final_eval: int, log) -> list[dict]:
+    """Every run, while the base is scored alongside (step 0 of every curve); fills base["scores"]."""
     runs.sort(key=lambda r: r.spec["method"] == "sft")  # the cheap runs last: no straggler at the end
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        # The base's scores (step 0 of every curve) are computed alongside the first runs.
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending = pool.submit(runner.evaluate_model, f"local:{cfg.BASE_MODEL}", runner.arithmetic_sets(final_eval), args.work)
         records = runner.run_all(runs, args.work, args.jobs, final_eval, log)
         base_scores = pending.result()
@@ -128,13 +150,7 @@ def tier1(args, log) -> dict:
     base["scores"] = {name: sum(v) / len(v) for name, v in base_scores.items()}
     base["curve_scores"] = {name: sum(v[:curve_items]) / len(v[:curve_items]) for name, v in base_scores.items()}
     base["n"] = {name: len(v) for name, v in base_scores.items()}
-    return {
-        "tier": 1, "dry_run": dry, "threshold": cfg.TIER1_THRESHOLD, "base": base, "runs": records,
-        "picks": picks, "tuning": tuning["runs"], "tuning_command": tuning.get("command"),
-        "config": {"base": base_config, "training": cfg.TIER1_TRAINING, "controller": cfg.TIER1_CONTROLLER,
-                   "datasets": cfg.TIER1_DATASETS, "ablations": cfg.TIER1_ABLATIONS, "final_eval_items": final_eval,
-                   "amft_warmup": cfg.TIER1_AMFT_WARMUP, "sft_then_grpo_switch": cfg.TIER1_SWITCH},
-    }
+    return records
 
 
 def tune(args, log) -> dict:

@@ -14,10 +14,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from bench.algorithms_report import FINDINGS_PLACEHOLDER, curve, pct  # noqa: E402
 
 COLORS = {"amft": "C3", "sft": "C0", "grpo": "C2", "sft_then_grpo": "C1", "fixed": "C4", "chord": "C5",
-          "amft_entropy_only": "C6", "amft_meta_only": "C7", "amft_raw_meta": "C8", "amft_mu0_0.5": "C9"}
+          "amft_entropy_only": "C6", "amft_meta_only": "C7", "amft_raw_meta": "C8", "amft_mu0_0.5": "C9",
+          "amft_frozen": "C6", "amft_entropy": "C7"}
 
 
-def _mean_curve(runs: list[dict], key: str, base=None, split=None, x="step"):
+def mean_curve(runs: list[dict], key: str, base=None, split=None, x="step"):
     """Mean over seeds of a metric at the steps all seeds share; x = step or mean seconds."""
     curves = [curve(r, key, base, split) for r in runs]
     steps = sorted(set.intersection(*(set(c[0]) for c in curves)))
@@ -36,7 +37,7 @@ def _accuracy_figure(groups, base, names, x: str, path: Path, title: str) -> Pat
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
     for ax, split in zip(axes, ("id", "ood")):
         for name in names:
-            xs, mean, low, high = _mean_curve(groups[name], f"eval_accuracy_{split}", base, split, x)
+            xs, mean, low, high = mean_curve(groups[name], f"eval_accuracy_{split}", base, split, x)
             ax.plot(xs, [100 * v for v in mean], marker="o", ms=3, label=name, color=COLORS.get(name))
             ax.fill_between(xs, [100 * v for v in low], [100 * v for v in high], alpha=0.12, color=COLORS.get(name))
         ax.set_title(f"{split.upper()} greedy accuracy (mean, band = min-max over seeds)")
@@ -54,7 +55,7 @@ def _accuracy_figure(groups, base, names, x: str, path: Path, title: str) -> Pat
 def _metric_figure(groups, names, key: str, ylabel: str, path: Path, title: str, smooth: int = 1) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4.8))
     for name in names:
-        xs, mean, low, high = _mean_curve(groups[name], key)
+        xs, mean, low, high = mean_curve(groups[name], key)
         if not xs:
             continue
         if smooth > 1:

@@ -128,6 +128,10 @@ def write_report(results: dict, out_dir: Path, stem: str) -> Path:
         from bench.algorithms_plots import tier2_markdown
 
         text = tier2_markdown(results)
+    elif results.get("kind") == "stability":
+        from bench.algorithms_stability import stability_markdown
+
+        text = stability_markdown(results, out_dir, stem)
     else:
         text = tier1_markdown(results, out_dir, stem)
     path = out_dir / f"{stem}.md"

@@ -149,13 +149,25 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def executed_tokens(point: dict) -> float:
+    """Tokens the GRPO step's forward and backward actually ran: each distinct prompt once.
+
+    The step logs every row's prompt + completion tokens, but the trainer's shared-prompt pass
+    (workers/trainer/batching.py) runs a prompt once for its GENERATIONS completions.
+    """
+    rows = RL_PROMPTS * GENERATIONS
+    logged = point["tokens_per_second"] * point["step_seconds"]
+    completion = point["completion_tokens_mean"] * rows
+    return completion + (logged - completion) / GENERATIONS
+
+
 def summarise(peak: dict, trl: dict, grpo: dict, amft: dict, steps: int) -> dict:
     later = lambda points: [p for p in points if p["step"] >= 2]  # noqa: E731 - step 1 warms caches
     grpo_points, amft_points = later(grpo["points"]), later(amft["points"])
     plain = [p for p in amft_points if "meta_grad" not in p]
     meta = [p for p in amft_points if "meta_grad" in p]
     params = grpo["params"]
-    tokens = [p["tokens_per_second"] * p["step_seconds"] for p in grpo_points]
+    tokens = [executed_tokens(p) for p in grpo_points]
     train_gflops = median([6 * params * t / p["train_seconds"] / 1e9 for t, p in zip(tokens, grpo_points)])
     trl_step = median(trl["step_seconds"][1:])
     amft_step, meta_step = median([p["step_seconds"] for p in plain]), median([p["step_seconds"] for p in meta])
@@ -174,7 +186,7 @@ def summarise(peak: dict, trl: dict, grpo: dict, amft: dict, steps: int) -> dict
         "trl_peak_rss_gib": trl["peak_rss_gib"],
         "params": params,
         "steps_per_run": steps,
-        "flops_counted": "6 * params * real (non-pad) prompt+completion tokens of the RL batch",
+        "flops_counted": "6 * params * real (non-pad) tokens the RL step ran: completions, plus each distinct prompt once",
     }
 
 
