@@ -150,6 +150,13 @@ TIER1_ABLATIONS = {
     "amft_meta_only": {"eta_H": 0.0},
     "amft_raw_meta": {"meta_form": "raw", "eta_meta": TIER1_RAW_ETA_META},
     "amft_mu0_0.5": {"mu0": 0.5},
+    # DESIGN §2's other utility: expert NLL on validation solutions instead of sampled reward
+    # (cheaper, but biased toward imitation). The cosine form is scale-free, so the tuned
+    # eta_meta applies unchanged.
+    "amft_nll_utility": {"meta_utility": "nll"},
+    # 64 validation prompts per meta step instead of 4: bench/meta_noise.py measured that at
+    # the base m_t's mean stands out from its noise only from about 64 (validation data only).
+    "amft_val64": {"meta_val_prompts": 64},
 }
 
 

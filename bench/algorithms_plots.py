@@ -15,7 +15,8 @@ from bench.algorithms_report import FINDINGS_PLACEHOLDER, curve, pct  # noqa: E4
 
 COLORS = {"amft": "C3", "sft": "C0", "grpo": "C2", "sft_then_grpo": "C1", "fixed": "C4", "chord": "C5",
           "amft_entropy_only": "C6", "amft_meta_only": "C7", "amft_raw_meta": "C8", "amft_mu0_0.5": "C9",
-          "amft_frozen": "C6", "amft_entropy": "C7"}
+          "amft_frozen": "C6", "amft_entropy": "C7", "amft_nll_utility": "black",
+          "amft_val64": "tab:olive"}
 
 
 def mean_curve(runs: list[dict], key: str, base=None, split=None, x="step"):

@@ -21,20 +21,22 @@ from pathlib import Path
 
 from bench import algorithms_config as cfg
 from bench import algorithms_runner as runner
+from bench.algorithms_report import FINDINGS, FINDINGS_PLACEHOLDER
 
 RESULTS = Path(__file__).parent / "results"
 DRAWS = 16
-SETTINGS = ((4, 4), (16, 4), (64, 4), (64, 16))  # (validation prompts, RL prompts); 8 samples each
+# (utility, validation prompts, RL prompts); 8 samples per prompt
+SETTINGS = (("reward", 4, 4), ("reward", 16, 4), ("reward", 64, 4), ("reward", 64, 16), ("nll", 4, 4), ("nll", 64, 16))
 
 
-def draws(val_prompts: int, rl_prompts: int, work: Path) -> list[dict]:
+def draws(utility: str, val_prompts: int, rl_prompts: int) -> list[dict]:
     """DRAWS meta steps at the base checkpoint (no optimizer step): m_t and its two cosines."""
     from workers.trainer.loop import rl_backward, sample_rollouts, setup, sft_backward, validation_gradient
     from workers.trainer.schedules import meta_gradient
 
     spec = cfg.job_spec(cfg.RunConfig("amft", "noise", 0, cfg.tier1_spec(
         "amft", 0, training={"rl_prompts_per_step": rl_prompts, "eval_every": None},
-        controller={"eta_meta": cfg.TIER1_PICKS["eta_meta"], "meta_val_prompts": val_prompts})))
+        controller={"eta_meta": cfg.TIER1_PICKS["eta_meta"], "meta_val_prompts": val_prompts, "meta_utility": utility})))
     run = setup(spec)
     params = [p for p in run.model.parameters() if p.requires_grad]
     out = []
@@ -50,6 +52,7 @@ def draws(val_prompts: int, rl_prompts: int, work: Path) -> list[dict]:
             "cos_val_sft": cosine(g_val, g_sft),
             "cos_val_rl": cosine(g_val, g_rl),
             "zero_signal": rollouts.zero_signal.float().mean().item(),
+            "no_val_gradient": not any(bool(g.any()) for g in g_val),
         })
     return out
 
@@ -63,7 +66,8 @@ def _take(params) -> list:
 
 def cosine(a: list, b: list) -> float:
     dot = lambda x, y: float(sum((u.double() * v.double()).sum() for u, v in zip(x, y)))  # noqa: E731
-    return dot(a, b) / math.sqrt(dot(a, a) * dot(b, b))
+    norms = math.sqrt(dot(a, a) * dot(b, b))
+    return dot(a, b) / norms if norms else 0.0  # a batch with no signal has no gradient: m_t is 0 then too
 
 
 def describe(values: list[float]) -> dict:
@@ -80,29 +84,35 @@ def main() -> None:
     torch.set_num_threads(2)
     runner.install_committed_base(work)
     rows = []
-    for val_prompts, rl_prompts in SETTINGS:
+    for utility, val_prompts, rl_prompts in SETTINGS:
         started = time.perf_counter()
-        samples = draws(val_prompts, rl_prompts, work)
-        row = {"val_prompts": val_prompts, "rl_prompts": rl_prompts, "draws": samples,
+        samples = draws(utility, val_prompts, rl_prompts)
+        row = {"utility": utility, "val_prompts": val_prompts, "rl_prompts": rl_prompts, "draws": samples,
                "seconds": time.perf_counter() - started}
         row |= {key: describe([s[key] for s in samples]) for key in ("m", "cos_val_sft", "cos_val_rl")}
         rows.append(row)
-        print(f"val {val_prompts} rl {rl_prompts}: m {row['m']['mean']:+.4f} ± {row['m']['se']:.4f} "
+        print(f"{utility} val {val_prompts} rl {rl_prompts}: m {row['m']['mean']:+.4f} ± {row['m']['se']:.4f} "
               f"(sd {row['m']['sd']:.3f}) in {row['seconds']:.0f} s", flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "meta_noise.json").write_text(json.dumps({"draws": DRAWS, "rows": rows}, indent=1))
     lines = ["# AMFT meta-gradient noise at a fixed checkpoint", "",
              f"Produced by `python -m bench.meta_noise`: the committed tier-1 base, {DRAWS} meta steps per row with "
-             "fresh batches and no optimizer step (8 samples per prompt, SFT batch 8, cosine form, reward utility). "
+             "fresh batches and no optimizer step (8 samples per prompt, SFT batch 8, cosine form). reward: g_val is a "
+             "policy gradient of validation reward; nll: the gradient of expert NLL on validation solutions. "
              "mean ± standard error (sd) over the draws; t = mean / SE.", "",
-             "| validation prompts | RL prompts | m_t | t | cos(g_val, g_SFT) | cos(g_val, g_RL) | zero-signal RL groups | s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| utility | validation prompts | RL prompts | m_t | t | cos(g_val, g_SFT) | cos(g_val, g_RL) | zero-signal RL groups "
+             "| draws with g_val = 0 | s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         cell = lambda d: f"{d['mean']:+.4f} ± {d['se']:.4f} ({d['sd']:.3f})"  # noqa: E731
         zero = statistics.fmean(s["zero_signal"] for s in row["draws"])
-        lines.append(f"| {row['val_prompts']} | {row['rl_prompts']} | {cell(row['m'])} | {row['m']['t']:+.1f} | "
-                     f"{cell(row['cos_val_sft'])} | {cell(row['cos_val_rl'])} | {100 * zero:.0f}% | {row['seconds']:.0f} |")
-    (RESULTS / "meta_noise.md").write_text("\n".join(lines) + "\n")
+        lines.append(f"| {row['utility']} | {row['val_prompts']} | {row['rl_prompts']} | {cell(row['m'])} | {row['m']['t']:+.1f} | "
+                     f"{cell(row['cos_val_sft'])} | {cell(row['cos_val_rl'])} | {100 * zero:.0f}% | "
+                     f"{sum(s['no_val_gradient'] for s in row['draws'])}/{DRAWS} | {row['seconds']:.0f} |")
+    path = RESULTS / "meta_noise.md"
+    kept = FINDINGS.search(path.read_text(encoding="utf-8")) if path.is_file() else None
+    lines[1:1] = ["", kept.group(0) if kept else FINDINGS_PLACEHOLDER]  # hand-written findings survive a re-run
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -208,6 +208,9 @@ def write_report(summary: dict) -> None:
              "Produced by `python -m bench.trainer_speed`; medians over steps 2..N, parts run one after another in one run.", "",
              "| what | figure | ratio / note |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines += ["", f"FLOPs counted: {s['flops_counted']}. Before the shared-prompt pass (session 3) every row's "
+              "prompt ran, and the count included them: that is the basis of session 1's 62%, so the two fractions "
+              "are not comparable."]
     (RESULTS / "trainer_speed.md").write_text("\n".join(lines) + "\n")
 
 
