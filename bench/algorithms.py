@@ -1,6 +1,6 @@
 """Does AMFT beat SFT, GRPO, SFT->GRPO, fixed-mu and CHORD? The evidence benchmark (issue 5).
 
-    python -m bench.algorithms --tier 1             # every run, committed base and picks (25 min on 2 cores)
+    python -m bench.algorithms --tier 1             # every run, committed base and picks (33 min on 2 cores)
     python -m bench.algorithms --tier 1 --tune-only # the validation-only tuning pass that made the picks
     python -m bench.algorithms --tier 1 --stability # the stability claim: every method at too-high learning rates
     python -m bench.algorithms --tier 1 --dry-run   # 2 steps, 1 seed, tiny evals: checks it all runs

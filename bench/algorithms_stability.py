@@ -2,7 +2,7 @@
 
 Claim 3 says AMFT's controller keeps training stable. The runs (bench/algorithms_config.py,
 STABILITY_*) repeat tier 1 at stress learning rates; this module turns them into a table per
-rate, the controller-on minus controller-off differences, and two plots.
+rate, the controller-on minus controller-off differences, and one figure of curves.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """How noisy is AMFT's meta-gradient m_t? Repeated draws at one fixed checkpoint (issue 5).
 
-    .venv/bin/python -m bench.meta_noise        # ~10 min on 2 cores
+    .venv/bin/python -m bench.meta_noise        # ~6 min on 2 cores
 
 The stability runs (bench/results/algorithms_stability.md) found m_t indistinguishable from
 zero-mean noise during training. This measures it without training in the way: the committed
@@ -31,7 +31,7 @@ SETTINGS = (("reward", 4, 4), ("reward", 16, 4), ("reward", 64, 4), ("reward", 6
 
 def draws(utility: str, val_prompts: int, rl_prompts: int) -> list[dict]:
     """DRAWS meta steps at the base checkpoint (no optimizer step): m_t and its two cosines."""
-    from workers.trainer.loop import rl_backward, sample_rollouts, setup, sft_backward, validation_gradient
+    from workers.trainer.loop import rl_backward, sample_rollouts, setup, sft_backward, take_grads, validation_gradient
     from workers.trainer.schedules import meta_gradient
 
     spec = cfg.job_spec(cfg.RunConfig("amft", "noise", 0, cfg.tier1_spec(
@@ -43,10 +43,10 @@ def draws(utility: str, val_prompts: int, rl_prompts: int) -> list[dict]:
     for _ in range(DRAWS):
         g_val = validation_gradient(run, params)
         sft_backward(run, run.streams["sft"].next_batch(spec.training.sft_batch_size), weight=1.0)
-        g_sft = _take(params)
+        g_sft = take_grads(params)
         rollouts = sample_rollouts(run, run.streams["rl"].next_batch(rl_prompts))
         rl_backward(run, rollouts, weight=1.0)
-        g_rl = _take(params)
+        g_rl = take_grads(params)
         out.append({
             "m": meta_gradient(g_val, g_sft, g_rl, "cosine", 0.0),
             "cos_val_sft": cosine(g_val, g_sft),
@@ -55,13 +55,6 @@ def draws(utility: str, val_prompts: int, rl_prompts: int) -> list[dict]:
             "no_val_gradient": not any(bool(g.any()) for g in g_val),
         })
     return out
-
-
-def _take(params) -> list:
-    grads = [p.grad.detach().clone() for p in params]
-    for p in params:
-        p.grad = None
-    return grads
 
 
 def cosine(a: list, b: list) -> float:

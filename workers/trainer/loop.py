@@ -261,9 +261,9 @@ def meta_backward(run: Run, mu: float, sft_batch, rollouts) -> Metrics:
     params = [p for p in run.model.parameters() if p.requires_grad]
     g_val = validation_gradient(run, params)
     stats = sft_backward(run, sft_batch, weight=1.0)
-    g_sft = _take_grads(params)
+    g_sft = take_grads(params)
     stats.update(rl_backward(run, rollouts, weight=1.0))
-    g_rl = _take_grads(params)
+    g_rl = take_grads(params)
     form, lr = run.spec.controller.meta_form, run.lr_scheduler.get_last_lr()[0]
     stats["meta_grad"] = meta_gradient(g_val, g_sft, g_rl, form, lr)
     for p, gs, gr in zip(params, g_sft, g_rl):
@@ -286,10 +286,10 @@ def validation_gradient(run: Run, params: list[torch.nn.Parameter]) -> list[torc
         centred = rollouts.rewards.view(-1, run.spec.training.num_generations)
         rollouts.advantages = (centred - centred.mean(dim=1, keepdim=True)).flatten()
         rl_backward(run, rollouts, weight=1.0, with_kl=False)
-    return _take_grads(params)
+    return take_grads(params)
 
 
-def _take_grads(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+def take_grads(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
     """Detach the accumulated gradients from the parameters and return them (no copy)."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     for p in params:
