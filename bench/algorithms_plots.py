@@ -96,18 +96,12 @@ def tier1_plots(groups, base, methods, ablations, out_dir: Path, stem: str) -> l
 
 def tier2_markdown(results: dict) -> str:
     """Tier 2: one seed per method; binomial standard errors on every score."""
-    from bench.algorithms_report import tail_mean
+    from bench.algorithms_report import report_header, tail_mean
 
     base = results["base"]
     splits = list(base["scores"])
-    devices = sorted({r.get("torch_device", "?") for r in results["runs"]})
-    lines = [
-        "# Algorithms benchmark, tier 2: SmolLM2-135M",
-        "",
-        f"Command: `{results.get('command', 'python -m bench.algorithms --tier 2')}`"
-        + (" (DRY RUN: not a result)" if results.get("dry_run") else ""),
-        f"Total time {results.get('total_seconds', 0) / 60:.1f} min on {', '.join(devices)}. "
-        "Accuracy % ± binomial standard error. Protocol: bench/ALGORITHMS_PROTOCOL.md.",
+    lines = report_header(results, "Algorithms benchmark, tier 2: SmolLM2-135M", "python -m bench.algorithms --tier 2",
+                          "Accuracy % ± binomial standard error. Protocol: bench/ALGORITHMS_PROTOCOL.md.") + [
         "",
         f"Base: {base['steps']} SFT steps, validation accuracy {pct(base['val_accuracy'])}%.",
         "",

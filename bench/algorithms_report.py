@@ -16,6 +16,17 @@ FINDINGS = re.compile(r"<!-- findings -->.*?<!-- /findings -->", re.S)
 FINDINGS_PLACEHOLDER = "<!-- findings -->\n## Findings\n\n(to be written from the tables below)\n<!-- /findings -->"
 
 
+def report_header(results: dict, title: str, default_command: str, note: str) -> list[str]:
+    """Title, the command that made the results, and where and how long it ran."""
+    devices = sorted({r.get("torch_device", "?") for r in results["runs"]})
+    return [
+        f"# {title}",
+        "",
+        f"Command: `{results.get('command', default_command)}`" + (" (DRY RUN: not a result)" if results.get("dry_run") else ""),
+        f"Total time {results.get('total_seconds', 0) / 60:.1f} min on {', '.join(devices)}. {note}",
+    ]
+
+
 def by_name(runs: list[dict]) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = {}
     for run in sorted(runs, key=lambda r: r["seed"]):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench.algorithms_plots import COLORS, mean_curve, plt
 from bench.algorithms_report import (FINDINGS_PLACEHOLDER, by_name, controller_row, curve, diff_line, mean_std, pct,
-                                     tail_mean)
+                                     report_header, tail_mean)
 
 AMFT_VARIANTS = ("amft", "amft_frozen", "amft_entropy")
 
@@ -50,14 +50,9 @@ def stability_markdown(results: dict, out_dir: Path, stem: str) -> str:
     variants = [v for v in config["variants"] if any(split_name(n)[0] == v for n in groups)]
     collapse = config["collapse_fraction"]
     plots = stability_plots(groups, base, rates, variants, Path(out_dir), stem)
-    devices = sorted({r.get("torch_device", "?") for r in results["runs"]})
-    lines = [
-        "# Algorithms benchmark, tier 1: stability at too-high learning rates",
-        "",
-        f"Command: `{results.get('command', 'python -m bench.algorithms --tier 1 --stability')}`"
-        + (" (DRY RUN: not a result)" if results.get("dry_run") else ""),
-        f"Total time {results.get('total_seconds', 0) / 60:.1f} min on {', '.join(devices)}. "
-        "Protocol: bench/ALGORITHMS_PROTOCOL.md (section Stability).",
+    lines = report_header(results, "Algorithms benchmark, tier 1: stability at too-high learning rates",
+                          "python -m bench.algorithms --tier 1 --stability",
+                          "Protocol: bench/ALGORITHMS_PROTOCOL.md (section Stability).") + [
         "",
         f"Same base, data, steps and seeds as tier 1 (bench/results/algorithms.md); only the learning rate differs "
         f"(tier 1 uses the tuned {results['picks']['learning_rate']:g}). Base: test ID "
