@@ -145,7 +145,11 @@ def write_report(results: dict, out_dir: Path, stem: str) -> Path:
         text = stability_markdown(results, out_dir, stem)
     else:
         text = tier1_markdown(results, out_dir, stem)
-    path = out_dir / f"{stem}.md"
+    return write_keeping_findings(out_dir / f"{stem}.md", text)
+
+
+def write_keeping_findings(path: Path, text: str) -> Path:
+    """Write a generated report, keeping the hand-written findings block of the one it replaces."""
     if path.is_file():
         kept = FINDINGS.search(path.read_text(encoding="utf-8"))
         if kept:

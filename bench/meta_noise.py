@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench import algorithms_config as cfg
 from bench import algorithms_runner as runner
-from bench.algorithms_report import FINDINGS, FINDINGS_PLACEHOLDER
+from bench.algorithms_report import FINDINGS_PLACEHOLDER, write_keeping_findings
 
 RESULTS = Path(__file__).parent / "results"
 DRAWS = 16
@@ -88,7 +88,12 @@ def main() -> None:
               f"(sd {row['m']['sd']:.3f}) in {row['seconds']:.0f} s", flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "meta_noise.json").write_text(json.dumps({"draws": DRAWS, "rows": rows}, indent=1))
-    lines = ["# AMFT meta-gradient noise at a fixed checkpoint", "",
+    write_markdown(rows)
+
+
+def write_markdown(rows: list[dict]) -> None:
+    """bench/results/meta_noise.md from the rows main() measured (its findings block is kept)."""
+    lines = ["# AMFT meta-gradient noise at a fixed checkpoint", "", FINDINGS_PLACEHOLDER, "",
              f"Produced by `python -m bench.meta_noise`: the committed tier-1 base, {DRAWS} meta steps per row with "
              "fresh batches and no optimizer step (8 samples per prompt, SFT batch 8, cosine form). reward: g_val is a "
              "policy gradient of validation reward; nll: the gradient of expert NLL on validation solutions. "
@@ -102,10 +107,7 @@ def main() -> None:
         lines.append(f"| {row['utility']} | {row['val_prompts']} | {row['rl_prompts']} | {cell(row['m'])} | {row['m']['t']:+.1f} | "
                      f"{cell(row['cos_val_sft'])} | {cell(row['cos_val_rl'])} | {100 * zero:.0f}% | "
                      f"{sum(s['no_val_gradient'] for s in row['draws'])}/{DRAWS} | {row['seconds']:.0f} |")
-    path = RESULTS / "meta_noise.md"
-    kept = FINDINGS.search(path.read_text(encoding="utf-8")) if path.is_file() else None
-    lines[1:1] = ["", kept.group(0) if kept else FINDINGS_PLACEHOLDER]  # hand-written findings survive a re-run
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_keeping_findings(RESULTS / "meta_noise.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
