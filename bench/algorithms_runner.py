@@ -160,14 +160,14 @@ def evaluate_model(source: str, sets: dict[str, list[dict]], work: Path, device:
     from workers.trainer.evaluation import greedy_completions
     from workers.trainer.models import load_policy
     from workers.trainer.rewards import is_correct
-    from workers.trainer.rollout import TransformersEngine
+    from workers.trainer.graph_rollout import make_engine
 
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_policy(source, get_settings(), device=device)
-    engine = TransformersEngine(model.eval(), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    engine = make_engine(model.eval(), tokenizer.pad_token_id, tokenizer.eos_token_id, get_settings().cuda_graph_rollouts)
     training = TrainingSpec(max_prompt_tokens=512, max_completion_tokens=max_new_tokens)
     scores = {}
     for name, records in sets.items():

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     generate_max_n: int = Field(16, description="Cap on n of a generation request.")
     generate_max_prompts: int = Field(64, description="Cap on prompts in one generation request.")
 
+    # Training workers.
+    cuda_graph_rollouts: bool = Field(
+        True, description="On CUDA, decode rollouts with a static KV cache replayed as CUDA graphs (false: eager)."
+    )
+
     # Job lifecycle.
     lease_seconds: float = Field(60.0, description="A running job whose lease is older is reaped.")
     heartbeat_seconds: float = Field(5.0, description="How often a worker renews its lease.")

@@ -34,7 +34,8 @@ from workers.trainer.evaluation import evaluate_splits, load_eval_sets
 from workers.trainer.hooks import Metrics, TrainerHooks, TrainResult
 from workers.trainer.models import load_policy
 from workers.trainer.rewards import is_correct, reward
-from workers.trainer.rollout import TransformersEngine
+from workers.trainer.graph_rollout import make_engine
+from workers.trainer.rollout import RolloutEngine
 from workers.trainer.schedules import MuSchedule, make_schedule, meta_gradient
 
 
@@ -49,7 +50,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LambdaLR
     schedule: MuSchedule
-    engine: TransformersEngine
+    engine: RolloutEngine
     streams: dict[str, BatchStream]
     eval_sets: dict[str, list[dict]]
     device: torch.device
@@ -115,7 +116,7 @@ def setup(spec: JobSpec) -> Run:
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(spec))
     schedule = make_schedule(spec)
-    engine = TransformersEngine(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    engine = make_engine(model, tokenizer.pad_token_id, tokenizer.eos_token_id, settings.cuda_graph_rollouts)
     streams = _data_streams(spec, schedule, settings)
     eval_sets = load_eval_sets(spec, settings) if t.eval_every else {}
     return Run(spec, model, tokenizer, reference, optimizer, lr_scheduler, schedule, engine, streams, eval_sets, device)

@@ -73,29 +73,34 @@ class TransformersEngine:
 
     def _decode(self, rows, max_new_tokens, temperature, top_p, greedy) -> list[list[int]]:
         device = next(self.model.parameters()).device
-        width = max(len(r) for r in rows)
-        input_ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        input_ids, mask, positions = left_padded(rows, self.pad_id, device)
         cache = DynamicCache(config=base_config(self.model))
         # Prefill each distinct prompt once (a group's G samples share it), then copy its cache out.
         prompts, row_prompt, first_row = distinct_rows(input_ids)
         logits = self._forward(prompts, mask[first_row], positions[first_row], cache)[row_prompt]
         cache.batch_select_indices(row_prompt)
-        finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
+
+        def advance(token: torch.Tensor, _: int) -> torch.Tensor:
+            nonlocal mask, positions
+            mask = torch.cat([mask, torch.ones_like(token).unsqueeze(1)], dim=1)
+            positions = positions[:, -1:] + 1
+            return self._forward(token.unsqueeze(1), mask, positions, cache)
+
+        return self._sample(logits, advance, max_new_tokens, temperature, top_p, greedy)
+
+    def _sample(self, logits, advance, max_new_tokens, temperature, top_p, greedy) -> list[list[int]]:
+        """Choose tokens until every row has emitted EOS; advance(token [B], t) gives the next logits [B, V]."""
+        finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
         generated = []
-        for _ in range(max_new_tokens):
+        for t in range(max_new_tokens):
             token = next_token(logits, temperature, top_p, greedy)
             token = torch.where(finished, torch.full_like(token, self.pad_id), token)
             generated.append(token)
             finished |= token == self.eos_id
-            if bool(finished.all()):
+            if bool(finished.all()) or t == max_new_tokens - 1:
                 break
-            mask = torch.cat([mask, torch.ones_like(token).unsqueeze(1)], dim=1)
-            positions = positions[:, -1:] + 1
-            logits = self._forward(token.unsqueeze(1), mask, positions, cache)
-        out = torch.stack(generated, dim=1).tolist()
-        return [_until_eos(row, self.eos_id) for row in out]
+            logits = advance(token, t)
+        return until_eos(generated, self.eos_id)
 
     def _forward(self, input_ids, mask, positions, cache) -> torch.Tensor:
         out = self.model(
@@ -119,8 +124,18 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float, greedy: b
     return torch.multinomial(probs, 1).squeeze(1)
 
 
-def _until_eos(ids: list[int], eos_id: int) -> list[int]:
-    """Generated ids up to and including the first EOS; the padding after it dropped."""
-    if eos_id in ids:
-        return ids[: ids.index(eos_id) + 1]
-    return ids
+def left_padded(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompts as one left-padded batch: input_ids, attention mask and position ids, each [B, P]."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    return input_ids, mask, positions
+
+
+def until_eos(generated: list[torch.Tensor], eos_id: int) -> list[list[int]]:
+    """Per row, the generated ids (one [B] tensor per step) up to and including the first EOS."""
+    completions = []
+    for ids in torch.stack(generated, dim=1).tolist():
+        completions.append(ids[: ids.index(eos_id) + 1] if eos_id in ids else ids)
+    return completions
