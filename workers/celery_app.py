@@ -65,7 +65,15 @@ class Broker:
 
     def publish_train(self, job_id: str) -> None:
         """Send the train task for a committed job."""
-        self.app.send_task(TRAIN_TASK, args=[job_id], queue="train")
+        try:
+            self.app.send_task(TRAIN_TASK, args=[job_id], queue="train")
+        except AttributeError:
+            # kombu's SQLAlchemy transport (the embedded default), after a transient database
+            # error such as a locked SQLite file or two processes creating its tables at once,
+            # retries on a channel it has already closed and fails here. A new connection works;
+            # without this the job would wait for the reaper (minutes).
+            with self.app.connection_for_write() as connection:
+                self.app.send_task(TRAIN_TASK, args=[job_id], queue="train", connection=connection)
 
     def ping(self, timeout: float = 2.0) -> None:
         """Raise if the broker cannot be reached within about `timeout` seconds."""
