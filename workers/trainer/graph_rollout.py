@@ -72,12 +72,11 @@ class StaticCacheEngine(TransformersEngine):
         causal = torch.ones(width, length, dtype=torch.bool, device=device).tril()  # [P, L]
         prefill_mask = additive_mask(visible[:, None, None, :] & causal, dtype)  # [B, 1, P, L]
         logits = self._forward(input_ids, prefill_mask, positions, cache)
-        step = DecodeStep(self.model, cache, batch, length, dtype, self.use_graphs)
+        step = DecodeStep(self.model, cache, additive_mask(visible, dtype)[:, None, None, :], self.use_graphs)
         next_position = positions[:, -1:] + 1  # [B, 1]
 
         def advance(token: torch.Tensor, t: int) -> torch.Tensor:
-            visible[:, width + t] = True
-            logits = step(token, next_position, visible)
+            logits = step(token, next_position, slot=width + t)
             next_position.add_(1)
             return logits
 
@@ -93,20 +92,20 @@ class DecodeStep:
     in place, but a new cache or batch shape needs a new graph).
     """
 
-    def __init__(self, model, cache: StaticCache, batch: int, length: int, dtype: torch.dtype, use_graph: bool):
-        device = next(model.parameters()).device
-        self.model, self.cache, self.use_graph = model, cache, use_graph
+    def __init__(self, model, cache: StaticCache, mask: torch.Tensor, use_graph: bool):
+        """mask [B, 1, 1, L]: the additive mask over the cache's slots after the prompt; owned and updated here."""
+        batch, device = mask.shape[0], mask.device
+        self.model, self.cache, self.mask, self.use_graph = model, cache, mask, use_graph
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)  # [B, 1]
         self.position = torch.zeros(batch, 1, dtype=torch.long, device=device)  # [B, 1]
-        self.mask = torch.zeros(batch, 1, 1, length, dtype=dtype, device=device)  # [B, 1, 1, L]
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
 
-    def __call__(self, token: torch.Tensor, position: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-        """Logits [B, V] for the next token, given this step's token [B], position [B, 1], visible [B, L]."""
+    def __call__(self, token: torch.Tensor, position: torch.Tensor, slot: int) -> torch.Tensor:
+        """Logits [B, V] after feeding token [B] at position [B, 1] into cache slot `slot`."""
         self.token.copy_(token[:, None])
         self.position.copy_(position)
-        self.mask.copy_(additive_mask(visible, self.mask.dtype)[:, None, None, :])
+        self.mask[..., slot] = 0.0  # the new token attends to itself, and every later token to it
         if not self.use_graph:
             return self._forward()
         if self.graph is None:
