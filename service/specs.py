@@ -9,6 +9,7 @@ message that names the field instead of failing hours into a run.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -17,20 +18,54 @@ from service.settings import get_settings
 
 Method = Literal["amft", "sft", "grpo", "sft_then_grpo", "fixed", "chord"]
 
+# Python regexes here are always applied with .fullmatch(): `$` also matches before a
+# trailing newline, so "builtin:tiny\n" passed a .match() check (issue 13, item 4).
 MODEL_SOURCE = re.compile(
-    r"^(builtin:(tiny|smollm2-135m)"  # bundled models
+    r"builtin:(tiny|smollm2-135m)"  # bundled models
     r"|local:[A-Za-z0-9][A-Za-z0-9._-]{0,127}"  # a folder name under AMFT_MODELS_DIR
-    r"|hub:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95})$"  # a hub id
+    r"|hub:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}"  # a hub id
 )
 DATA_SOURCE = re.compile(
-    r"^(builtin:arithmetic|gsm8k|svamp"
+    r"builtin:arithmetic|gsm8k|svamp"
     r"|file:[0-9a-f]{32}"  # an uploaded JSONL file, by id
-    r"|hf:[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?)$"
+    r"|hf:.*",  # checked by hub_dataset_problem
+    re.DOTALL,
 )
+# A Hugging Face hub dataset id, `org/name` and nothing else (issue 13, item 1): a bare
+# name can be one of the `datasets` packaged builders (text, json, csv, ...), which glob
+# the working directory; paths, globs, URLs and data_files have no way in.
+HUB_DATASET_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?")
+HUB_RESERVED_ORGS = ("buckets", "datasets", "models", "spaces")  # hub URL prefixes, not owners
+
+
+@lru_cache(maxsize=1)
+def packaged_builder_names() -> frozenset[str]:
+    """The `datasets` library's packaged builders (text, json, csv, parquet, imagefolder, ...),
+    asked of the library itself; empty where it is not installed (the API image), where
+    HUB_DATASET_ID alone already keeps every builder name out (none has a '/')."""
+    try:
+        from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+    except ImportError:
+        return frozenset()
+    return frozenset(name.lower() for name in _PACKAGED_DATASETS_MODULES)
+
+
+def hub_dataset_problem(dataset_id: str) -> str | None:
+    """Why `dataset_id` (after `hf:`) may not reach `datasets.load_dataset`, or None if it
+    is a plain hub id. Checked at spec validation and again by the worker before loading."""
+    if not HUB_DATASET_ID.fullmatch(dataset_id) or ".." in dataset_id or "--" in dataset_id:
+        return "hf: takes a hub dataset id <org>/<name> (letters, digits, '.', '_', '-'), not a path, glob or URL"
+    org, name = dataset_id.split("/")
+    builders = packaged_builder_names()
+    if org.lower() in HUB_RESERVED_ORGS or {dataset_id.lower(), org.lower()} & builders or name.lower().endswith(".py"):
+        return f"hf:{dataset_id} names a datasets builder, script or reserved hub prefix, not a hub dataset"
+    return None
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: every float of a spec is finite; Infinity/NaN (also as strings)
+    # answer 422 naming the field (issue 13, item 2).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataSourceSpec(Strict):
@@ -38,7 +73,7 @@ class DataSourceSpec(Strict):
 
     source: str = Field(
         "builtin:arithmetic",
-        description="builtin:arithmetic | gsm8k | svamp | file:<uploaded file id> | hf:<dataset id>.",
+        description="builtin:arithmetic | gsm8k | svamp | file:<uploaded file id> | hf:<org>/<hub dataset>.",
     )
     split: str = Field(
         "train",
@@ -55,10 +90,12 @@ class DataSourceSpec(Strict):
     @field_validator("source")
     @classmethod
     def _known_source(cls, value: str) -> str:
-        if not DATA_SOURCE.match(value):
+        if not DATA_SOURCE.fullmatch(value):
             raise ValueError(
-                "must be builtin:arithmetic, gsm8k, svamp, file:<32-hex file id> or hf:<dataset id>"
+                "must be builtin:arithmetic, gsm8k, svamp, file:<32-hex file id> or hf:<org>/<name>"
             )
+        if value.startswith("hf:") and (problem := hub_dataset_problem(value.removeprefix("hf:"))):
+            raise ValueError(problem)
         return value
 
     @property
@@ -202,7 +239,7 @@ class JobSpec(Strict):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        if not MODEL_SOURCE.match(value):
+        if not MODEL_SOURCE.fullmatch(value):
             raise ValueError(
                 "must be builtin:tiny, builtin:smollm2-135m, local:<folder name> or hub:<org/name>"
             )

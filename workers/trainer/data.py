@@ -9,7 +9,8 @@ Sources (`DataSourceSpec.source`, validated in service/specs.py):
   whose Equation disagrees with their Answer label are dropped (one of the 1,000).
 - `file:<id>`: an uploaded JSONL file in `<artifacts>/files/`. A file has no splits: the
   spec's split is ignored.
-- `hf:<id>`: `datasets.load_dataset(id, split=split)`; honours HF_DATASETS_OFFLINE and
+- `hf:<org>/<name>`: `datasets.load_dataset(id, split=split)` for hub ids only (never a
+  packaged builder, path, glob or data_files); honours HF_DATASETS_OFFLINE and
   HF_HUB_OFFLINE. Rows need `question`/`answer` (GSM8K style) or `prompt` plus
   `completion` and/or `answer` columns.
 
@@ -29,7 +30,7 @@ from typing import NotRequired, TypedDict
 
 from service.records import RecordError, parse_jsonl, parse_record
 from service.settings import Settings
-from service.specs import DataSourceSpec
+from service.specs import DataSourceSpec, hub_dataset_problem
 
 
 class Record(TypedDict):
@@ -308,12 +309,23 @@ def _load_uploaded(folder: Path, file_id: str) -> list[Record]:
 
 
 def _load_hf(dataset_id: str, split: str) -> list[Record]:
+    # Checked again here, where the data is loaded (issue 13, item 1): only a hub id
+    # `org/name` reaches load_dataset, never a packaged builder (text, json, ... glob the
+    # working directory), a path or data_files, whatever a stored spec says.
+    problem = hub_dataset_problem(dataset_id)
+    if problem:
+        raise DatasetError(problem)
     # A hub id that is also a local path would make load_dataset read that local folder:
     # refuse it so a job spec cannot read files from the worker's working directory.
-    if Path(dataset_id).exists():
+    if Path(dataset_id).exists() or Path(dataset_id + ".py").exists():
         raise DatasetError(f"hf:{dataset_id} names a local path; hf: sources are hub datasets only")
     import datasets  # heavy import, only needed for this source
 
+    if _offline():  # both libraries read the switch at import; honour it when set later too
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+        datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
     try:
         rows = datasets.load_dataset(dataset_id, split=split)
     except Exception as error:  # noqa: BLE001 - many failure types (network, offline, missing split)

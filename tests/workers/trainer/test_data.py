@@ -218,10 +218,10 @@ def test_hf_offline_gives_a_clear_error():
 
 
 def test_hf_source_that_is_a_local_path_is_refused(settings, monkeypatch, tmp_path):
-    (tmp_path / "mydata").mkdir()
+    (tmp_path / "my" / "data").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DatasetError, match="names a local path"):
-        load_records(source("hf:mydata"), settings)
+        load_records(source("hf:my/data"), settings)
 
 
 def test_require_helpers_pass_complete_records():
