@@ -52,7 +52,7 @@ class Evaluation(Base):
 class EvaluationRequest(BaseModel):
     """POST /jobs/{id}/evaluations."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     step: int | None = Field(None, ge=0, description="Checkpoint step; default the latest.")
     dataset: DataSourceSpec = Field(
         default_factory=lambda: DataSourceSpec(split="id"),

@@ -35,7 +35,7 @@ MAX_STOPS, MAX_STOP_CHARS = 4, 64
 class ChatMessage(BaseModel):
     """One chat turn. Templates come from the checkpoint's tokenizer, never the request."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # finite floats only (issue 13, item 2)
     role: Literal["system", "user", "assistant"]
     content: str = Field(max_length=100_000)
 
@@ -43,7 +43,7 @@ class ChatMessage(BaseModel):
 class SamplingFields(BaseModel):
     """Sampling settings shared by /generate and evaluations; capped by settings."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     max_tokens: int = Field(128, ge=1, description="New tokens per completion (capped by AMFT_GENERATE_MAX_TOKENS).")
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 = greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")

@@ -27,7 +27,7 @@ class OpenAIRequest(BaseModel):
     """Fields both endpoints share. Unknown OpenAI options are ignored, as OpenAI does
     for ones it does not know; the ones that would change results are refused below."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # finite floats only (issue 13, item 2)
     model: str
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
