@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -38,16 +38,19 @@ class OpenAIRequest(BaseModel):
     stream: bool = False
     logprobs: bool | int | None = None
     echo: bool = False
+    # Every field (and alias of one) that sizes the work -> the setting capping it. A
+    # subclass adding an alias adds it here (issue 13, item 3: max_completion_tokens).
+    CAPS: ClassVar[dict[str, str]] = {"max_tokens": "generate_max_tokens", "n": "generate_max_n"}
 
     @model_validator(mode="after")
     def _supported(self):
         limits = get_settings()
         if self.logprobs or self.echo:
             raise ValueError("logprobs and echo are not supported by this server; remove them")
-        if self.max_tokens is not None and self.max_tokens > limits.generate_max_tokens:
-            raise ValueError(f"max_tokens = {self.max_tokens} exceeds this deployment's limit of {limits.generate_max_tokens}")
-        if self.n > limits.generate_max_n:
-            raise ValueError(f"n = {self.n} exceeds this deployment's limit of {limits.generate_max_n}")
+        for field, setting in self.CAPS.items():
+            value, limit = getattr(self, field), getattr(limits, setting)
+            if value is not None and value > limit:
+                raise ValueError(f"{field} = {value} exceeds this deployment's limit of {limit}")
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         if len(stops) > 4 or any(not s or len(s) > 64 for s in stops):
             raise ValueError("stop: at most 4 non-empty strings of up to 64 characters")
@@ -72,7 +75,8 @@ class CompletionRequest(OpenAIRequest):
 
 class ChatRequest(OpenAIRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens
+    CAPS: ClassVar[dict[str, str]] = {**OpenAIRequest.CAPS, "max_completion_tokens": "generate_max_tokens"}
 
 
 def models(db: Database, tenant_id: str) -> dict:
