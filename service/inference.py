@@ -28,7 +28,7 @@ from service.settings import get_settings
 
 Run = Callable[[dict], dict]
 BASE_MODELS = ("builtin:tiny", "builtin:smollm2-135m")
-MODEL_REF = re.compile(r"^(?P<job>[0-9a-f]{32})(:(?P<step>\d{1,9}))?$")
+MODEL_REF = re.compile(r"(?P<job>[0-9a-f]{32})(:(?P<step>\d{1,9}))?")  # fullmatch: `$` passes "...\n" (issue 13, item 4)
 MAX_STOPS, MAX_STOP_CHARS = 4, 64
 
 
@@ -97,7 +97,7 @@ def resolve_model(db: Database, tenant_id: str, ref: str) -> dict:
         if source not in BASE_MODELS:
             raise InvalidInput(f"model: base models are {', '.join('base:' + s for s in BASE_MODELS)}; got {ref!r}")
         return {"kind": "base", "source": source, "name": ref}
-    match = MODEL_REF.match(ref)
+    match = MODEL_REF.fullmatch(ref)
     if match is None:
         raise InvalidInput(f"model: use <job_id>, <job_id>:<step> or base:<builtin model>; got {ref[:80]!r}")
     job_id, step = match["job"], None if match["step"] is None else int(match["step"])

@@ -36,7 +36,7 @@ from service.specs import JobSpec
 
 log = logging.getLogger(__name__)
 Publish = Callable[[str], None]  # sends the train task for a job id (workers.celery_app)
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # fullmatch: `$` passes "...\n" (issue 13, item 4)
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def create_job(
     With an Idempotency-Key, a repeat of the same spec returns the first job (created is
     False) and a different spec under the same key raises InvalidInput.
     """
-    if idempotency_key is not None and not IDEMPOTENCY_KEY.match(idempotency_key):
+    if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise InvalidInput("Idempotency-Key must be 1-255 visible ASCII characters (no spaces), e.g. a UUID")
     spec_json = spec.model_dump(mode="json")
     spec_hash = hashlib.sha256(json.dumps(spec_json, sort_keys=True).encode()).hexdigest()

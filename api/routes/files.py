@@ -14,7 +14,7 @@ from service.files import Upload, list_files
 
 router = APIRouter(tags=["files"])
 # A display label only (stored files are named by id), but "." and ".." are refused too (issue 6, case 15).
-FILENAME = re.compile(r"^(?!\.+$)[\w.\- ]{1,255}$")
+FILENAME = re.compile(r"(?!\.+\Z)[\w.\- ]{1,255}")  # fullmatch: `$` passes "...\n" (issue 13, item 4)
 
 
 @router.post("/files", status_code=201)
@@ -46,12 +46,12 @@ def get_files(request: Request, who: Principal = Depends(principal)) -> dict:
 
 def _check_request(request: Request, filename: str, max_bytes: int) -> None:
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_bytes:
+    if length is not None and length.isascii() and length.isdigit() and int(length) > max_bytes:
         raise TooLarge(f"upload of {length} bytes exceeds this deployment's limit of {max_bytes} bytes; split the file")
     if request.headers.get("content-type", "").startswith("multipart/"):
         raise InvalidInput(
             "send the JSONL file as the raw request body, not a multipart form: "
             "curl --data-binary @train.jsonl -H 'Content-Type: application/jsonl' '<url>/files?filename=train.jsonl'"
         )
-    if not FILENAME.match(filename):
+    if not FILENAME.fullmatch(filename):
         raise InvalidInput("filename: use 1-255 letters, digits, spaces, '.', '_' or '-' (not only dots)")
