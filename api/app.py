@@ -13,7 +13,7 @@ from typing import Callable
 import anyio
 from fastapi import FastAPI
 
-from api.errors import BodyLimit, install_error_handlers
+from api.errors import BodyLimit, InternalErrors, install_error_handlers
 from api.feeds import JobFeeds
 from api.observability import PrometheusMiddleware
 from api.observability import router as health_router
@@ -59,6 +59,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, exempt=("/files",))
     app.add_middleware(PrometheusMiddleware)
+    app.add_middleware(InternalErrors)  # outermost: every 500 in the JSON error shape (issue 13, item 5)
     for router in (jobs_router, files_router, health_router):
         app.include_router(router)
     _add_inference(app, settings)

@@ -5,6 +5,8 @@ Every error body is `{"detail": "<what to fix>", "problems": ["<one per problem>
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,11 +24,15 @@ from service.errors import (
     Unauthorized,
     Unavailable,
 )
+from service.redact import redact_paths
 from service.specs import spec_error_lines
+
+log = logging.getLogger(__name__)
 
 STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422, TooLarge: 413, Unauthorized: 401}
 STATUS |= {Unavailable: 503, GatewayTimeout: 504}  # inference (issue 4)
 DB_RETRY_AFTER_SECONDS = 5
+INTERNAL_ERROR = "internal server error: the server logged it; retry, and report it with the time of the request if it persists"
 
 
 def error_response(status: int, problems: list[str], headers: dict | None = None) -> JSONResponse:
@@ -75,10 +81,19 @@ def install_error_handlers(app: FastAPI) -> None:
     document_errors(app)
 
     @app.exception_handler(ServiceError)
-    async def _service_error(_request: Request, error: ServiceError) -> JSONResponse:
+    async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
         status = next((code for cls, code in STATUS.items() if isinstance(error, cls)), 400)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return error_response(status, error.problems, headers)
+        # Messages relayed from workers may quote server paths (issue 13, item 5).
+        problems = [redact_paths(problem, request.app.state.settings) for problem in error.problems]
+        return error_response(status, problems, headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, _error: Exception) -> JSONResponse:
+        # The last resort behind InternalErrors (e.g. a middleware added outside it):
+        # Starlette's outermost middleware calls this and logs the traceback; the client gets
+        # the documented JSON shape, not a plain-text "Internal Server Error" or the details.
+        return error_response(500, [INTERNAL_ERROR])
 
     async def _database_unavailable(_request: Request, _error: Exception) -> JSONResponse:
         # The database is restarting or failing over (issue 6, case 7): a 503 the client can
@@ -111,6 +126,35 @@ def install_error_handlers(app: FastAPI) -> None:
             # FastAPI's answer when the JSON decoder itself fails (e.g. nesting too deep).
             return error_response(422, ["body: cannot be parsed as JSON (malformed or nested too deeply)"])
         return error_response(error.status_code, [str(error.detail)], getattr(error, "headers", None))
+
+
+class InternalErrors:
+    """ASGI middleware, outermost of the app's own: an exception raised before the response
+    started (in a route or any middleware inside this one) is logged and answered with the
+    documented JSON 500, and the connection stays usable (issue 13, item 5). Once a response
+    has started nothing more can be said in its status: the exception propagates (event
+    streams end with an `error` message of their own, see api/sse.py)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            if started:
+                raise
+            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            await error_response(500, [INTERNAL_ERROR])(scope, receive, send)
 
 
 class BodyLimit:

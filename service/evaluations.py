@@ -22,6 +22,7 @@ from service.db import Database
 from service.errors import InvalidInput, NotFound
 from service.inference import SamplingFields, resolve_model
 from service.models import Base, File, Job, UTCDateTime, utcnow
+from service.redact import redact_paths
 from service.settings import get_settings
 from service.specs import DataSourceSpec
 
@@ -155,7 +156,7 @@ def fail_evaluation(db: Database, evaluation_id: str, message: str) -> None:
         session.execute(
             update(Evaluation)
             .where(Evaluation.id == evaluation_id, Evaluation.status.in_(("queued", "running")))
-            .values(status="failed", error_message=message[:2000], finished_at=utcnow())
+            .values(status="failed", error_message=redact_paths(message, get_settings())[:2000], finished_at=utcnow())
         )
 
 

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     vllm_max_lora_rank: int = Field(64, description="Largest LoRA rank the vLLM engine accepts.")
     evaluation_max_items: int = Field(2000, description="Most dataset items one evaluation may score.")
 
+    # Event streams (issue 13, item 5).
+    sse_key_recheck_seconds: float = Field(
+        30.0, gt=0, description="How often an open event stream re-checks its API key; a revoked key ends it."
+    )
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.home / 'amft.db').resolve()}"

@@ -28,6 +28,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from service import lifecycle, metrics
 from service.db import Database, get_database
 from service.errors import Fenced
+from service.redact import redact_paths
 from service.settings import Settings, get_settings
 from service.specs import JobSpec, spec_error_lines
 from workers.trainer.hooks import TrainerHooks
@@ -139,7 +140,7 @@ def _train(db: Database, held: lifecycle.Claim, watch: Watch, settings: Settings
     try:
         spec = JobSpec.model_validate(held.spec)
     except ValueError as error:  # e.g. the deployment's limits were lowered since submission
-        lifecycle.fail(db, held, "invalid_spec", "; ".join(spec_error_lines(error)))
+        lifecycle.fail(db, held, "invalid_spec", redact_paths("; ".join(spec_error_lines(error)), settings))
         return "failed"
     try:
         from workers.trainer.loop import train  # torch is imported here, in the worker only
@@ -150,7 +151,9 @@ def _train(db: Database, held: lifecycle.Claim, watch: Watch, settings: Settings
         raise
     except Exception as error:  # noqa: BLE001 - any trainer failure ends the job with its message
         log.exception("job %s failed", held.job_id)
-        retrying(lambda: lifecycle.fail(db, held, "trainer_error", f"{type(error).__name__}: {error}"), watch.retry_for)
+        # The message is the tenant's to read: no absolute server path in it (issue 13, item 5).
+        message = redact_paths(f"{type(error).__name__}: {error}", settings)
+        retrying(lambda: lifecycle.fail(db, held, "trainer_error", message), watch.retry_for)
         return "failed"
     if result.status == "stopped" and SHUTTING_DOWN.is_set() and not watch.cancel:
         reason = f"worker shutting down; checkpoint at step {result.last_step}"

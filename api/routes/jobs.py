@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import bearer_key, principal
 from api.sse import job_stream, wants_stream
 from service import jobs, lifecycle, metrics
-from service.auth import Principal
+from service.auth import Principal, authenticate
 from service.jobs import job_view
 from service.models import JOB_STATUSES
 from service.specs import JobSpec
@@ -96,7 +98,9 @@ def get_events(
     db = request.app.state.db
     if wants_stream(request):
         jobs.get_job(db, who.tenant_id, job_id)  # 404 now, not inside the stream
-        return job_stream(request.app.state.feeds, who.tenant_id, job_id, last_event_id)
+        key_check = partial(authenticate, db, bearer_key(request))  # re-run while the stream is open
+        recheck = request.app.state.settings.sse_key_recheck_seconds
+        return job_stream(request.app.state.feeds, who.tenant_id, job_id, last_event_id, key_check, recheck)
     return {"events": jobs.list_events(db, who.tenant_id, job_id, after_id, limit)}
 
 
