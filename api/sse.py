@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from typing import AsyncIterator, Callable
@@ -83,9 +84,9 @@ async def _ending_on_error(messages: AsyncIterator[ServerSentEvent]) -> AsyncIte
 
 async def _messages(
     feeds: JobFeeds, tenant_id: str, job_id: str, step: int, event_id: int,
-    key_check: Callable[[], object], recheck_seconds: float,
+    key_check: Callable[[], object] | None = None, recheck_seconds: float = 30.0,
 ) -> AsyncIterator[ServerSentEvent]:
-    next_check = time.monotonic() + recheck_seconds
+    next_check = time.monotonic() + recheck_seconds if key_check else math.inf
     with feeds.follow(tenant_id, job_id) as feed:
         seq = None  # our place in the feed's log; None until caught up from the database
         while True:

@@ -15,9 +15,10 @@ import re
 import sys
 from pathlib import Path
 
-HEADER = """# Reliability and security (issue 6)
+HEADER = """# Reliability and security (issues 6 and 13)
 
-One line per case of issue 6, written by the tests themselves in one run of
+One line per case of issue 6 (cases 1, 2, ...) and of issue 13 (cases `13.<item>`, e.g.
+13.1 for its security item 1), written by the tests themselves in one run of
 `tests/faults/` and `tests/security/` (see `bench/reliability_report.py`). Fault cases run
 real Celery worker subprocesses (the production app, with faults injected at a known step
 by `tests/faults/inject.py` and then done for real from outside) on a private PostgreSQL
@@ -32,6 +33,12 @@ latest checkpoint was corrupt).
 """
 
 
+def case_order(case: str) -> tuple:
+    """Issue 6's cases (1, 2, ...) first, then issue-numbered ones ("13.1", "13.5a") in order."""
+    numbers = tuple(int(n) for n in re.findall(r"\d+", case))
+    return ("." in case, numbers, case)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("log", type=Path)
@@ -42,7 +49,7 @@ def main() -> None:
         entry = json.loads(line)
         rows[entry["case"]] = entry  # the last run of a case wins
     out = [HEADER]
-    for case in sorted(rows, key=lambda c: int(re.match(r"\d+", c).group())):
+    for case in sorted(rows, key=case_order):
         e = rows[case]
         cells = [case, e["done"], e["expected"], e["happened"]]
         out.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |\n")
