@@ -19,6 +19,7 @@ from service.errors import (
     NotFound,
     ServiceError,
     TooLarge,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
 )
@@ -26,6 +27,7 @@ from service.specs import spec_error_lines
 
 STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422, TooLarge: 413, Unauthorized: 401}
 STATUS |= {Unavailable: 503, GatewayTimeout: 504}  # inference (issue 4)
+STATUS |= {TooManyRequests: 429}  # per-tenant quotas (issue 13, item 8)
 DB_RETRY_AFTER_SECONDS = 5
 
 

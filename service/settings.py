@@ -90,6 +90,18 @@ class Settings(BaseSettings):
     vllm_max_lora_rank: int = Field(64, description="Largest LoRA rank the vLLM engine accepts.")
     evaluation_max_items: int = Field(2000, description="Most dataset items one evaluation may score.")
 
+    # Per-tenant quotas and request sizes (issue 13, items 8, 9 and 11).
+    max_queued_jobs_per_tenant: int = Field(
+        100, description="Most queued jobs one tenant may have; POST /jobs past it answers 429."
+    )
+    max_running_jobs_per_tenant: int = Field(
+        4, description="Most jobs of one tenant running at once; further ones wait queued (0 = no limit)."
+    )
+    max_upload_bytes_per_tenant: int = Field(
+        1024**3, description="Most bytes of uploaded files one tenant may store; POST /files past it answers 429."
+    )
+    max_spec_bytes: int = Field(64 * 1024, description="Largest job spec (as JSON); POST /jobs past it answers 413.")
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.home / 'amft.db').resolve()}"

@@ -29,8 +29,10 @@ def create_job(
 ) -> dict:
     """Queue a training job. The body is the job spec (unknown fields are rejected)."""
     state = request.app.state
+    settings = state.settings
     job, created = lifecycle.create_job(
-        state.db, who.tenant_id, spec, idempotency_key, state.publish, state.settings.max_attempts
+        state.db, who.tenant_id, spec, idempotency_key, state.publish, settings.max_attempts,
+        max_queued=settings.max_queued_jobs_per_tenant, max_spec_bytes=settings.max_spec_bytes,
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
