@@ -82,9 +82,12 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return error_response(status, error.problems, headers)
 
-    async def _database_unavailable(_request: Request, _error: Exception) -> JSONResponse:
+    async def _database_unavailable(_request: Request, error: Exception) -> JSONResponse:
         # The database is restarting or failing over (issue 6, case 7): a 503 the client can
         # retry, not a 500. Nothing was changed: the transaction rolled back.
+        if not is_transient(error):  # issue 13, item 10: a retry cannot succeed, so no 503
+            return error_response(500, ["the database refused this request (a limit of the database, not an "
+                                        "outage); retrying the same request will not help"])
         return error_response(503, ["the job database is unavailable right now; retry shortly"],
                               {"Retry-After": str(DB_RETRY_AFTER_SECONDS)})
 
@@ -113,6 +116,26 @@ def install_error_handlers(app: FastAPI) -> None:
             # FastAPI's answer when the JSON decoder itself fails (e.g. nesting too deep).
             return error_response(422, ["body: cannot be parsed as JSON (malformed or nested too deeply)"])
         return error_response(error.status_code, [str(error.detail)], getattr(error, "headers", None))
+
+
+# SQLSTATE classes of errors that the same statement meets again on retry: data exception,
+# syntax or access rule, program limit exceeded (e.g. too many function arguments), feature not supported.
+PERMANENT_SQLSTATE_CLASSES = ("22", "42", "54", "0A")
+PERMANENT_SQLITE = ("too many", "too big", "too large", "no such", "syntax error", "malformed")
+
+
+def is_transient(error: Exception) -> bool:
+    """Whether a database error may pass on retry (an outage, a lock, a full pool) rather
+    than recur for this request (a limit of the database). Only the first is a 503."""
+    if not isinstance(error, OperationalError):
+        return True  # InterfaceError, pool timeout: the connection, not the statement
+    original = getattr(error, "orig", None)
+    sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    if sqlstate:
+        return not str(sqlstate).startswith(PERMANENT_SQLSTATE_CLASSES)
+    if type(original).__module__.startswith("sqlite3"):  # SQLite has no SQLSTATE: its message says
+        return not any(part in str(original).lower() for part in PERMANENT_SQLITE)
+    return True
 
 
 class BodyLimit:
