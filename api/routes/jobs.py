@@ -47,7 +47,7 @@ def list_jobs(
     limit: int = Query(50, ge=1, le=200),
     status: str | None = Query(None, pattern="^(" + "|".join(JOB_STATUSES) + ")$"),
 ) -> dict:
-    """Your jobs, newest first, a page at a time."""
+    """Your jobs, newest first, a page at a time: summaries; the spec is on GET /jobs/{id}."""
     return jobs.list_jobs(request.app.state.db, who.tenant_id, cursor, limit, status)
 
 
