@@ -146,3 +146,32 @@ def test_13_8_quotas_answer_429_naming_the_limit(pg_settings, record):
            "a 30 KB spec against a 16 KiB spec cap",
            "429 naming the limit and its setting; other tenants unaffected; 413 naming the spec cap",
            f"4th job 429 '{refused.json()['detail'][:90]}...'; Bob 201; after a cancel 201; spec 413; rows {counts}")
+
+
+@pytest.mark.timeout(300)
+def test_13_8_a_cancelled_flood_costs_the_next_job_nothing(pg_api, pg_workers, record):
+    """End to end with a real Celery worker on Redis: 30 cancelled jobs' messages sit ahead
+    of another tenant's job in the queue; that job starts on the first of them."""
+    import redis
+
+    from tests.conftest import REDIS_URL, wait_for
+
+    with pg_api.client(pg_api.key("flood")) as flood, pg_api.client(pg_api.key("other")) as other:
+        stale = [flood.post("/jobs", json=TINY_SPEC).json()["id"] for _ in range(30)]
+        for job_id in stale:
+            assert flood.post(f"/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+        spec = {**TINY_SPEC, "training": {**TINY_SPEC["training"], "total_steps": 1000, "save_every": 1000}}
+        job_id = other.post("/jobs", json=spec).json()["id"]
+        queue = redis.Redis.from_url(REDIS_URL)
+        key = f"{pg_api.settings.broker_prefix}train"
+        assert queue.llen(key) == 31  # the flood's messages first, the job's own last
+        pg_workers.start()
+        wait_for(lambda: other.get(f"/jobs/{job_id}").json()["status"] == "running", 120, what="the job to start")
+        left = queue.llen(key)  # only ever decreases: what was still ahead of the job's own message
+        assert left >= 25, left
+        assert other.post(f"/jobs/{job_id}/cancel").status_code == 200
+        assert {flood.get(f"/jobs/{j}").json()["status"] for j in stale} == {"cancelled"}
+        assert all(flood.get(f"/jobs/{j}").json()["attempt"] == 0 for j in stale)
+    record("13.8d", "tenant A queues 30 jobs and cancels them, tenant B queues one; then a real worker starts "
+           "(Redis broker)", "B's job starts on the first stale message, not after the worker drains 30",
+           f"B's job was running with {left} of 31 messages still queued; no cancelled job ever claimed")
