@@ -30,8 +30,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db import Database
-from service.errors import Conflict, Fenced, InvalidInput, NotFound, TooLarge, TooManyRequests
-from service.models import TERMINAL, Checkpoint, File, Job, JobEvent, MetricPoint, Tenant, utcnow
+from service.dispatch import check_queued_quota, next_job_id, wake_tenant_queue
+from service.errors import Conflict, Fenced, InvalidInput, NotFound, TooLarge
+from service.models import TERMINAL, Checkpoint, File, Job, JobEvent, MetricPoint, utcnow
 from service.specs import JobSpec
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def create_job(
             if existing is not None:
                 return existing, False
             _check_files(session, tenant_id, spec)
-            _check_queued_quota(session, tenant_id, max_queued)
+            check_queued_quota(session, tenant_id, max_queued)
             job = Job(
                 id=uuid.uuid4().hex,
                 tenant_id=tenant_id,
@@ -175,44 +176,13 @@ def claim_next(db: Database, worker: str, lease_seconds: float, max_running: int
     real job, or costs one query. None when nothing is claimable.
     """
     for _ in range(tries):  # another worker may win the chosen job: choose again
-        job_id = _next_job_id(db, max_running)
+        job_id = next_job_id(db, max_running)
         if job_id is None:
             return None
         held = claim(db, job_id, worker, lease_seconds)
         if held is not None:
             return held
     return None
-
-
-def _next_job_id(db: Database, max_running: int) -> str | None:
-    waiting = Job.status == "queued", Job.cancel_requested.is_(False)
-    tenants = select(Job.tenant_id, func.min(Job.created_at).label("oldest")).where(*waiting).group_by(Job.tenant_id).subquery()
-    running = (
-        select(Job.tenant_id, func.count().label("n")).where(Job.status == "running").group_by(Job.tenant_id).subquery()
-    )
-    served = (
-        select(Job.tenant_id, func.max(Job.started_at).label("last"))
-        .where(Job.tenant_id.in_(select(tenants.c.tenant_id)), Job.started_at.is_not(None))
-        .group_by(Job.tenant_id)
-        .subquery()
-    )
-    busy = func.coalesce(running.c.n, 0)
-    choose = (
-        select(tenants.c.tenant_id)
-        .outerjoin(running, running.c.tenant_id == tenants.c.tenant_id)
-        .outerjoin(served, served.c.tenant_id == tenants.c.tenant_id)
-        .order_by(busy, served.c.last.is_not(None), served.c.last, tenants.c.oldest, tenants.c.tenant_id)
-        .limit(1)
-    )
-    if max_running:
-        choose = choose.where(busy < max_running)
-    with db.read() as session:
-        tenant_id = session.scalar(choose)
-        if tenant_id is None:
-            return None
-        return session.scalar(
-            select(Job.id).where(*waiting, Job.tenant_id == tenant_id).order_by(Job.created_at, Job.id).limit(1)
-        )
 
 
 def fence(session: Session, held: Claim, **values: object) -> bool:
@@ -255,7 +225,7 @@ def finish(db: Database, held: Claim, cancelled: bool) -> None:
     with db.transaction() as session:
         fence(session, held, status=status, finished_at=utcnow(), lease_expires_at=None)
         _event(session, held.job_id, held.attempt, status, f"job {status}")
-        _wake_tenant_queue(session, held.job_id)
+        wake_tenant_queue(session, held.job_id)
 
 
 def fail(db: Database, held: Claim, code: str, message: str) -> None:
@@ -264,7 +234,7 @@ def fail(db: Database, held: Claim, code: str, message: str) -> None:
         fence(session, held, status="failed", finished_at=utcnow(), lease_expires_at=None,
               error_code=code, error_message=message[:4000])
         _event(session, held.job_id, held.attempt, "failed", f"{code}: {message}"[:4000])
-        _wake_tenant_queue(session, held.job_id)
+        wake_tenant_queue(session, held.job_id)
 
 
 def release(db: Database, held: Claim, reason: str) -> None:
@@ -363,7 +333,7 @@ def _reap_expired(db: Database, job_id: str, attempt: int, max_attempts: int, ca
         if won:
             _event(session, job_id, attempt, outcome, message)
             if outcome != "requeued":
-                _wake_tenant_queue(session, job_id)
+                wake_tenant_queue(session, job_id)
     return outcome if won else None
 
 
@@ -398,30 +368,6 @@ def _check_files(session: Session, tenant_id: str, spec: JobSpec) -> None:
     ]
     if problems:
         raise InvalidInput("; ".join(problems), problems)
-
-
-def _check_queued_quota(session: Session, tenant_id: str, max_queued: int) -> None:
-    if not max_queued:
-        return
-    # Creates of one tenant queue up on its row (PostgreSQL), so concurrent POSTs cannot overshoot.
-    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
-    queued = session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status == "queued"))
-    if queued >= max_queued:
-        raise TooManyRequests(
-            f"you have {queued} queued jobs, the per-tenant limit of queued jobs (AMFT_MAX_QUEUED_JOBS_PER_TENANT="
-            f"{max_queued}); wait for some to start or cancel some (POST /jobs/{{id}}/cancel), then retry"
-        )
-
-
-def _wake_tenant_queue(session: Session, job_id: str) -> None:
-    """A job ended: its tenant may have a job held back by the running limit, whose message
-    was spent while it could not run. Have the next reaper pass publish its oldest one."""
-    tenant_id = select(Job.tenant_id).where(Job.id == job_id).scalar_subquery()
-    oldest = (
-        select(Job.id).where(Job.tenant_id == tenant_id, Job.status == "queued", Job.cancel_requested.is_(False))
-        .order_by(Job.created_at, Job.id).limit(1).scalar_subquery()
-    )
-    session.execute(update(Job).where(Job.id == oldest).values(queued_at=None))
 
 
 def _event(session: Session, job_id: str, attempt: int, kind: str, message: str, data: dict | None = None) -> None:
