@@ -91,7 +91,7 @@ def test_13_8_a_flood_does_not_starve_another_tenant(db, record):
         started = session.scalar(select(func.count()).select_from(Job).where(Job.id.in_(queued),
                                                                             Job.started_at.is_not(None)))
     assert started == 0
-    record("13.8a", f"{db.dialect}: tenant A queues 40 jobs, then B 1 job; later B 5 more and C 1; then A's "
+    record(f"13.8a ({db.dialect})", "tenant A queues 40 jobs, then B 1 job; later B 5 more and C 1; then A's "
            f"{len(queued)} remaining jobs are cancelled and C queues one more",
            "B's job is the 2nd claim; tenants with a backlog alternate; a cancelled job's message runs the next "
            "real job or nothing, never waits",
@@ -115,7 +115,7 @@ def test_13_8_running_limit_holds_back_and_wakes(db, record):
     lifecycle.reap(db, reaped.append, requeue_unclaimed_seconds=3600)
     assert reaped == [a_jobs[1]]
     assert lifecycle.claim_next(db, "w3", 30, max_running=1).job_id == a_jobs[1]
-    record("13.8b", f"{db.dialect}: per-tenant running limit 1, tenant A 3 jobs, B 1, three workers",
+    record(f"13.8b ({db.dialect})", "per-tenant running limit 1, tenant A 3 jobs, B 1, three workers",
            "A runs one at a time, B is not held back by A; when A's job ends its next one is dispatched",
            "claims A1, B1, then nothing for A; after A1 ended the reaper published A2 and it was claimed")
 

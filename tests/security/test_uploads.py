@@ -19,7 +19,7 @@ from tests.security.conftest import RECORD
 
 pytestmark = pytest.mark.timeout(180)
 CAP = 256 * 1024
-QUOTA = 64 * 1024
+QUOTA = 300 * 1024  # above CAP, so that each limit can be hit on its own
 
 
 @pytest.fixture
@@ -45,31 +45,38 @@ def test_13_9_every_failed_upload_leaves_nothing(api, record):
         "bad UTF-8": RECORD + b'{"prompt": "\xff\xfe", "answer": "1"}\n',
         "over the upload cap (declared)": RECORD * (CAP // len(RECORD) + 1),
         "over the upload cap (chunked)": chunks(RECORD * (CAP // len(RECORD) + 1)),
-        "over the tenant quota (chunked)": chunks(RECORD * (100_000 // len(RECORD))),
+        "over the tenant quota (chunked)": chunks(RECORD * (200_000 // len(RECORD))),  # 150 KB stored already
     }
-    expected = {"deep nesting": 422, "a 5000-digit integer": 422, "bad UTF-8": 422}
+    expected = {"deep nesting": 422, "a 5000-digit integer": 422, "bad UTF-8": 422,
+                "over the upload cap (declared)": 413, "over the upload cap (chunked)": 413,
+                "over the tenant quota (chunked)": 429}
     answers = {}
     with api.client(api.key("alice")) as alice:
+        baseline = []
         for what, body in bodies.items():
+            if what == "over the tenant quota (chunked)":  # a file the quota counts first
+                kept = alice.post("/files", content=RECORD * (150_000 // len(RECORD)))
+                assert kept.status_code == 201, kept.text
+                baseline = on_disk(api)
+                assert baseline == [f"{kept.json()['id']}.jsonl"]
             response = alice.post("/files", content=body)
             answers[what] = response.status_code
-            assert response.status_code == expected.get(what, response.status_code), (what, response.text)
-            assert 400 <= response.status_code < 500 and response.json()["detail"], (what, response.text)
-            assert on_disk(api) == [], what
+            assert response.status_code == expected[what], (what, response.text)
+            assert response.json()["detail"], what
+            assert on_disk(api) == baseline, what
         # A client that goes away mid-body.
         host, port = urlsplit(api.url).hostname, urlsplit(api.url).port
         with socket.create_connection((host, port)) as raw:
             raw.sendall(f"POST /files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice.headers['Authorization'][7:]}"
                         f"\r\nContent-Length: 3000\r\n\r\n".encode() + RECORD * 4)
-            wait_for(lambda: on_disk(api), 10, 0.05, "the partial upload to appear")
-        wait_for(lambda: on_disk(api) == [], 10, 0.05, "the disconnected upload's partial file to go")
+            wait_for(lambda: on_disk(api) != baseline, 10, 0.05, "the partial upload to appear")
+        wait_for(lambda: on_disk(api) == baseline, 10, 0.05, "the disconnected upload's partial file to go")
         answers["client disconnect"] = "closed"
-        assert alice.get("/files").json()["files"] == []
-    assert answers["over the upload cap (declared)"] == 413 and answers["over the tenant quota (chunked)"] == 429
+        assert [f["id"] for f in alice.get("/files").json()["files"]] == [kept.json()["id"]]
     record("13.9a", "uploads with deep nesting, a 5000-digit integer, bad UTF-8, over the cap (declared and "
            "chunked), over the tenant quota, and a client that disconnects mid-body",
            "a 4xx naming the problem for each; no partial file, no file, no row left",
-           "; ".join(f"{what}: {code}" for what, code in answers.items()) + "; nothing on disk after each")
+           "; ".join(f"{what}: {code}" for what, code in answers.items()) + "; nothing new on disk after each")
 
 
 def test_13_9_leftovers_are_swept_at_start_but_live_uploads_kept(pg_settings, record):
@@ -110,7 +117,7 @@ def test_13_9_validation_holds_one_line_at_a_time(record):
 
 
 def test_13_9_delete_file_and_upload_quota(api, record):
-    small = RECORD * 300  # about 26 KB; the quota is 64 KiB
+    small = RECORD * 1400  # about 120 KB; the quota is 300 KiB
     with api.client(api.key("alice")) as alice, api.client(api.key("bob")) as bob:
         first = alice.post("/files", content=small).json()
         second = alice.post("/files", content=small).json()
@@ -130,7 +137,7 @@ def test_13_9_delete_file_and_upload_quota(api, record):
         ids = {f["id"] for f in alice.get("/files").json()["files"]}
     assert first["id"] not in ids and second["id"] not in ids and len(ids) == 1
     assert not any(first["id"] in name or second["id"] in name for name in on_disk(api))
-    record("13.9d", "quota 64 KiB: Alice uploads 3 files of 26 KB; Bob deletes Alice's file; Alice deletes a "
+    record("13.9d", "quota 300 KiB: Alice uploads 3 files of 120 KB; Bob deletes Alice's file; Alice deletes a "
            "file a queued job uses, then an unused one, then the first after cancelling the job",
            "429 naming the quota setting; 404 for another tenant; 409 while a queued job uses it; 204 and gone "
            "from disk otherwise; deleting frees quota",
