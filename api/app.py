@@ -24,6 +24,7 @@ from api.routes.jobs import router as jobs_router
 from api.routes.openai_compat import router as openai_router
 from service.auth import PrincipalCache
 from service.db import POOL_SIZE, get_database
+from service.files import sweep_incoming
 from service.reaper import Reaper
 from service.settings import Settings, get_settings
 
@@ -47,6 +48,7 @@ def create_app(
     async def lifespan(_app: FastAPI):
         # Request threads (sync routes, DB reads) never outnumber the pooled connections.
         anyio.to_thread.current_default_thread_limiter().total_tokens = POOL_SIZE
+        sweep_incoming(settings.resolved_artifacts_dir)  # partial uploads of a crashed process (issue 13)
         reaper = Reaper(db, publish, settings.reaper_seconds, settings.requeue_unclaimed_seconds).start()
         yield
         reaper.stop()

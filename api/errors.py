@@ -21,6 +21,7 @@ from service.errors import (
     NotFound,
     ServiceError,
     TooLarge,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
 )
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422, TooLarge: 413, Unauthorized: 401}
 STATUS |= {Unavailable: 503, GatewayTimeout: 504}  # inference (issue 4)
+STATUS |= {TooManyRequests: 429}  # per-tenant quotas (issue 13, item 8)
 DB_RETRY_AFTER_SECONDS = 5
 INTERNAL_ERROR = "internal server error: the server logged it; retry, and report it with the time of the request if it persists"
 
@@ -95,9 +97,12 @@ def install_error_handlers(app: FastAPI) -> None:
         # the documented JSON shape, not a plain-text "Internal Server Error" or the details.
         return error_response(500, [INTERNAL_ERROR])
 
-    async def _database_unavailable(_request: Request, _error: Exception) -> JSONResponse:
+    async def _database_unavailable(_request: Request, error: Exception) -> JSONResponse:
         # The database is restarting or failing over (issue 6, case 7): a 503 the client can
         # retry, not a 500. Nothing was changed: the transaction rolled back.
+        if not is_transient(error):  # issue 13, item 10: a retry cannot succeed, so no 503
+            return error_response(500, ["the database refused this request (a limit of the database, not an "
+                                        "outage); retrying the same request will not help"])
         return error_response(503, ["the job database is unavailable right now; retry shortly"],
                               {"Retry-After": str(DB_RETRY_AFTER_SECONDS)})
 
@@ -155,6 +160,24 @@ class InternalErrors:
                 raise
             log.exception("unhandled error in %s %s", scope["method"], scope["path"])
             await error_response(500, [INTERNAL_ERROR])(scope, receive, send)
+# SQLSTATE classes of errors that the same statement meets again on retry: data exception,
+# syntax or access rule, program limit exceeded (e.g. too many function arguments), feature not supported.
+PERMANENT_SQLSTATE_CLASSES = ("22", "42", "54", "0A")
+PERMANENT_SQLITE = ("too many", "too big", "too large", "no such", "syntax error", "malformed")
+
+
+def is_transient(error: Exception) -> bool:
+    """Whether a database error may pass on retry (an outage, a lock, a full pool) rather
+    than recur for this request (a limit of the database). Only the first is a 503."""
+    if not isinstance(error, OperationalError):
+        return True  # InterfaceError, pool timeout: the connection, not the statement
+    original = getattr(error, "orig", None)
+    sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    if sqlstate:
+        return not str(sqlstate).startswith(PERMANENT_SQLSTATE_CLASSES)
+    if type(original).__module__.startswith("sqlite3"):  # SQLite has no SQLSTATE: its message says
+        return not any(part in str(original).lower() for part in PERMANENT_SQLITE)
+    return True
 
 
 class BodyLimit:

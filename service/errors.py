@@ -31,6 +31,11 @@ class TooLarge(ServiceError):
     """The request body is larger than this deployment accepts."""
 
 
+class TooManyRequests(ServiceError):
+    """A per-tenant quota (queued jobs, stored upload bytes) is used up; the message names
+    the limit and its setting (issue 13, item 8)."""
+
+
 class Unauthorized(ServiceError):
     """Missing, unknown or revoked API key."""
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, select, update
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, defer, mapped_column
 
 from service.db import Database
 from service.errors import InvalidInput, NotFound
@@ -92,6 +92,7 @@ def list_evaluations(db: Database, tenant_id: str, job_id: str) -> list[dict]:
             raise NotFound(f"no job {job_id}: use an id from GET /jobs")
         rows = session.scalars(
             select(Evaluation).where(Evaluation.job_id == job_id).order_by(Evaluation.created_at.desc())
+            .options(defer(Evaluation.items))  # up to evaluation_max_items outputs each; not listed
         ).all()
         return [evaluation_view(row) for row in rows]
 

@@ -1,21 +1,31 @@
-"""Uploaded JSONL datasets: streamed to disk under a size cap, validated line by line,
-then moved into place as `<artifacts>/files/<id>.jsonl` and recorded. A spec names one as
-`file:<id>`. A rejected upload leaves neither a file nor a row behind.
+"""Uploaded JSONL datasets: streamed to disk under a size cap and the tenant's quota,
+validated line by line (one line in memory at a time), then moved into place as
+`<artifacts>/files/<id>.jsonl` and recorded. A spec names one as `file:<id>`. A rejected
+or interrupted upload leaves neither a file nor a row behind; a crashed process's partial
+files are swept when the API starts.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
-from sqlalchemy import select
+from sqlalchemy import Text, cast, func, select
+from sqlalchemy.orm import Session
 
 from service.db import Database
-from service.errors import InvalidInput, TooLarge
-from service.models import File
-from service.records import RecordError, parse_jsonl
+from service.errors import Conflict, InvalidInput, NotFound, TooLarge, TooManyRequests
+from service.evaluations import Evaluation
+from service.models import File, Job, Tenant
+from service.records import RecordError, validate_jsonl
+
+INCOMING = ".incoming"  # partial uploads, under artifacts/files
+MAX_LINE_BYTES = 16 * 1024 * 1024  # one record's line; validation holds at most this much of the file
 
 
 def file_path(artifacts_dir: Path, file_id: str) -> Path:
@@ -24,55 +34,167 @@ def file_path(artifacts_dir: Path, file_id: str) -> Path:
 
 
 class Upload:
-    """One upload in progress: `write` chunks as they arrive, then `commit` or `discard`."""
+    """One upload in progress: `write` chunks as they arrive, then `commit` or `discard`.
 
-    def __init__(self, artifacts_dir: Path, max_bytes: int):
+    Every way out but a successful commit removes the partial file (issue 13, item 9). The
+    part file is flock()ed while its upload lives, so `sweep_incoming` at start can tell a
+    dead process's leftover from another process's upload in progress.
+    """
+
+    def __init__(self, artifacts_dir: Path, max_bytes: int, quota: Quota | None = None):
         self.artifacts_dir = artifacts_dir
         self.max_bytes = max_bytes
+        self.quota = quota
         self.size = 0
         self._sha = hashlib.sha256()
-        incoming = artifacts_dir / "files" / ".incoming"
+        incoming = artifacts_dir / "files" / INCOMING
         incoming.mkdir(parents=True, exist_ok=True)
         self._part = incoming / f"{uuid.uuid4().hex}.part"
         self._out = self._part.open("wb")
+        fcntl.flock(self._out, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def write(self, chunk: bytes) -> None:
-        """Append a chunk; raises TooLarge (and discards) once the cap is passed."""
+        """Append a chunk; raises TooLarge or TooManyRequests (and discards) once the upload
+        cap or the tenant's quota is passed."""
         self.size += len(chunk)
         if self.size > self.max_bytes:
             self.discard()
-            raise TooLarge(f"upload exceeds this deployment's limit of {self.max_bytes} bytes; split the file")
+            raise TooLarge(f"upload exceeds this deployment's limit of {self.max_bytes} bytes "
+                           "(AMFT_MAX_UPLOAD_BYTES); split the file")
+        if self.quota is not None and self.size > self.quota.left:
+            self.discard()
+            raise self.quota.exceeded(self.size)
         self._sha.update(chunk)
         self._out.write(chunk)
 
     def discard(self) -> None:
-        """Drop the partial file (safe to call twice)."""
+        """Drop the partial file (safe to call twice, and after a commit)."""
         self._out.close()
         self._part.unlink(missing_ok=True)
 
     def commit(self, db: Database, tenant_id: str, filename: str) -> dict:
         """Validate every line, then store the file and its row; returns the file's view.
 
-        Raises InvalidInput listing the bad lines (with line numbers) if any record is wrong.
+        Raises InvalidInput listing the bad lines (with line numbers) if any record is wrong,
+        TooManyRequests if the tenant's stored bytes would pass the quota. On any failure,
+        nothing is left behind: neither the partial file, nor a file, nor a row.
         """
-        self._out.close()
+        target = None
+        try:
+            self._out.flush()
+            records = self._validate(filename)
+            row = File(id=uuid.uuid4().hex, tenant_id=tenant_id, filename=filename[:255], bytes=self.size,
+                       records=records, sha256=self._sha.hexdigest())
+            with db.transaction() as session:
+                if self.quota is not None:
+                    self.quota.check(session, tenant_id, self.size)
+                session.add(row)
+                session.flush()
+                target = file_path(self.artifacts_dir, row.id)
+                os.replace(self._part, target)  # the row commits next; if it fails, the file goes
+            return file_view(row)
+        except BaseException:
+            if target is not None:
+                target.unlink(missing_ok=True)
+            raise
+        finally:
+            self.discard()
+
+    def _validate(self, filename: str) -> int:
         try:
             with self._part.open("rb") as lines:
-                records = parse_jsonl(lines)
+                return validate_jsonl(_bounded_lines(lines, MAX_LINE_BYTES))
         except RecordError as error:
-            self.discard()
             raise InvalidInput(f"{filename}: {error}", [f"{filename}: {p}" for p in error.problems]) from error
-        row = File(id=uuid.uuid4().hex, tenant_id=tenant_id, filename=filename[:255], bytes=self.size,
-                   records=len(records), sha256=self._sha.hexdigest())
-        target = file_path(self.artifacts_dir, row.id)
-        os.replace(self._part, target)
+
+
+@dataclass
+class Quota:
+    """A tenant's allowance of stored upload bytes, read when the upload starts and checked
+    again, under the tenant's row lock, when it commits."""
+
+    limit: int
+    left: int
+
+    def exceeded(self, size: int) -> TooManyRequests:
+        return TooManyRequests(
+            f"upload: {size} bytes would pass your limit of {self.limit} bytes of stored files "
+            f"(AMFT_MAX_UPLOAD_BYTES_PER_TENANT; {max(self.left, 0)} bytes left); "
+            "delete files you no longer need (DELETE /files/{id})"
+        )
+
+    def check(self, session: Session, tenant_id: str, size: int) -> None:
+        session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+        self.left = self.limit - _stored_bytes(session, tenant_id)
+        if size > self.left:
+            raise self.exceeded(size)
+
+
+def start_upload(db: Database, tenant_id: str, artifacts_dir: Path, max_bytes: int, tenant_limit: int,
+                 declared_bytes: int | None = None) -> Upload:
+    """Begin an upload for a tenant; raises TooManyRequests at once when the declared size
+    (Content-Length) passes what is left of the tenant's quota (`tenant_limit` 0: none)."""
+    quota = None
+    if tenant_limit:
+        with db.read() as session:
+            quota = Quota(tenant_limit, tenant_limit - _stored_bytes(session, tenant_id))
+        if declared_bytes is not None and declared_bytes > quota.left:
+            raise quota.exceeded(declared_bytes)
+    return Upload(artifacts_dir, max_bytes, quota)
+
+
+def delete_file(db: Database, artifacts_dir: Path, tenant_id: str, file_id: str) -> None:
+    """Delete one of this tenant's uploads (row and file). Raises NotFound for another
+    tenant's file, Conflict while a queued or running job or evaluation uses it."""
+    source = f"file:{file_id}"
+    with db.transaction() as session:
+        row = session.scalar(select(File).where(File.id == file_id, File.tenant_id == tenant_id).with_for_update())
+        if row is None:
+            raise NotFound(f"no file {file_id}")
+        users = session.scalars(
+            select(Job.id).where(Job.tenant_id == tenant_id, Job.status.in_(("queued", "running")),
+                                 cast(Job.spec, Text).contains(source))
+        ).all()
+        users += session.scalars(
+            select(Evaluation.id).where(Evaluation.tenant_id == tenant_id, Evaluation.status.in_(("queued", "running")),
+                                        cast(Evaluation.dataset, Text).contains(source))
+        ).all()
+        if users:
+            raise Conflict(f"file {file_id} is used by queued or running work ({', '.join(users[:5])}); "
+                           "cancel it or wait until it ends, then delete the file")
+        session.delete(row)
+    file_path(artifacts_dir, file_id).unlink(missing_ok=True)
+
+
+def sweep_incoming(artifacts_dir: Path) -> int:
+    """Remove partial uploads no live process holds (left by a crash); returns how many.
+    Called when the API starts."""
+    removed = 0
+    for part in (artifacts_dir / "files" / INCOMING).glob("*.part"):
         try:
-            with db.transaction() as session:
-                session.add(row)
-        except Exception:
-            target.unlink(missing_ok=True)
-            raise
-        return file_view(row)
+            with part.open("rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its upload lives
+                part.unlink()
+                removed += 1
+        except (BlockingIOError, FileNotFoundError):
+            continue
+    return removed
+
+
+def _stored_bytes(session: Session, tenant_id: str) -> int:
+    return session.scalar(select(func.coalesce(func.sum(File.bytes), 0)).where(File.tenant_id == tenant_id)) or 0
+
+
+def _bounded_lines(handle: BinaryIO, limit: int) -> Iterator[bytes | None]:
+    """The lines of a file, each read with at most `limit` bytes held; a longer line is
+    skipped to its end and yielded as None (validation reports it)."""
+    while line := handle.readline(limit + 1):
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        while (rest := handle.readline(limit)) and not rest.endswith(b"\n"):
+            pass
+        yield None
 
 
 def list_files(db: Database, tenant_id: str) -> list[dict]:

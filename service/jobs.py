@@ -18,6 +18,11 @@ from service.errors import InvalidInput, NotFound
 from service.models import TERMINAL, Checkpoint, Job, JobEvent, MetricPoint, utcnow
 
 MAX_PAGE = 200
+SUMMARY_COLUMNS = (
+    Job.id, Job.status, Job.spec["method"].as_string().label("method"), Job.spec["model"].as_string().label("model"),
+    Job.attempt, Job.cancel_requested, Job.current_step, Job.total_steps, Job.rate_since, Job.rate_since_step,
+    Job.mu, Job.reward_mean, Job.error_code, Job.error_message, Job.created_at, Job.started_at, Job.finished_at,
+)
 
 
 def get_job(db: Database, tenant_id: str, job_id: str) -> dict:
@@ -27,20 +32,23 @@ def get_job(db: Database, tenant_id: str, job_id: str) -> dict:
 
 
 def list_jobs(db: Database, tenant_id: str, cursor: str | None = None, limit: int = 50, status: str | None = None) -> dict:
-    """Newest first. `next_cursor` (opaque) fetches the following page; null at the end."""
+    """Summaries (no spec), newest first. `next_cursor` (opaque) fetches the following
+    page; null at the end."""
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInput(f"limit: must be between 1 and {MAX_PAGE}")
-    query = select(Job).where(Job.tenant_id == tenant_id)
+    # Summaries only (issue 13, item 11): the spec (up to max_spec_bytes each) is read by
+    # GET /jobs/{id}; the list reads its method and model out of it in the database.
+    query = select(*SUMMARY_COLUMNS).where(Job.tenant_id == tenant_id)
     if status is not None:
         query = query.where(Job.status == status)
     if cursor:
         created_at, job_id = _decode_cursor(cursor)
         query = query.where(tuple_(Job.created_at, Job.id) < tuple_(created_at, job_id))
     with db.read() as session:
-        jobs = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
+        jobs = session.execute(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
     page = jobs[:limit]
     next_cursor = _encode_cursor(page[-1]) if len(jobs) > limit else None
-    return {"jobs": [job_view(job) for job in page], "next_cursor": next_cursor}
+    return {"jobs": [job_summary(job, job.method, job.model) for job in page], "next_cursor": next_cursor}
 
 
 def list_events(db: Database, tenant_id: str, job_id: str, after_id: int = 0, limit: int = 100) -> list[dict]:
@@ -88,13 +96,17 @@ def changes_since(db: Database, tenant_id: str, job_id: str, after_step: int, af
 
 
 def job_view(job: Job) -> dict:
-    """A job row as the API's JSON object."""
+    """A job row as the API's JSON object: its summary and its spec."""
+    return {**job_summary(job, job.spec.get("method"), job.spec.get("model")), "spec": job.spec}
+
+
+def job_summary(job, method: str | None, model: str | None) -> dict:
+    """What a list shows of a job (a Job, or a row of SUMMARY_COLUMNS): all but the spec."""
     return {
         "id": job.id,
         "status": job.status,
-        "method": job.spec.get("method"),
-        "model": job.spec.get("model"),
-        "spec": job.spec,
+        "method": method,
+        "model": model,
         "attempt": job.attempt,
         "cancel_requested": job.cancel_requested,
         "progress": {
@@ -111,7 +123,7 @@ def job_view(job: Job) -> dict:
     }
 
 
-def _eta_seconds(job: Job) -> float | None:
+def _eta_seconds(job) -> float | None:
     # Wall-clock rate of this attempt since its first step: includes checkpoints and evals,
     # excludes model loading. None until two steps of this attempt have been seen.
     if job.status != "running" or job.rate_since is None or job.rate_since_step is None:
@@ -140,7 +152,7 @@ def _events(session: Session, job_id: str, after_id: int, limit: int) -> list[di
     ]
 
 
-def _encode_cursor(job: Job) -> str:
+def _encode_cursor(job) -> str:
     return base64.urlsafe_b64encode(f"{job.created_at.isoformat()}|{job.id}".encode()).decode()
 
 

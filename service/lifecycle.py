@@ -30,7 +30,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db import Database
-from service.errors import Conflict, Fenced, InvalidInput, NotFound
+from service.dispatch import check_queued_quota, next_job_id, wake_tenant_queue
+from service.errors import Conflict, Fenced, InvalidInput, NotFound, TooLarge
 from service.models import TERMINAL, Checkpoint, File, Job, JobEvent, MetricPoint, utcnow
 from service.specs import JobSpec
 
@@ -55,23 +56,31 @@ class Claim:
 
 
 def create_job(
-    db: Database, tenant_id: str, spec: JobSpec, idempotency_key: str | None, publish: Publish, max_attempts: int
+    db: Database, tenant_id: str, spec: JobSpec, idempotency_key: str | None, publish: Publish, max_attempts: int,
+    max_queued: int = 0, max_spec_bytes: int = 0,
 ) -> tuple[Job, bool]:
     """Store a new queued job and wake a worker; returns (job, created).
 
     With an Idempotency-Key, a repeat of the same spec returns the first job (created is
-    False) and a different spec under the same key raises InvalidInput.
+    False) and a different spec under the same key raises InvalidInput. Raises TooLarge
+    for a spec over `max_spec_bytes` and TooManyRequests when the tenant already has
+    `max_queued` queued jobs (0: no limit).
     """
     if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise InvalidInput("Idempotency-Key must be 1-255 visible ASCII characters (no spaces), e.g. a UUID")
     spec_json = spec.model_dump(mode="json")
-    spec_hash = hashlib.sha256(json.dumps(spec_json, sort_keys=True).encode()).hexdigest()
+    canonical = json.dumps(spec_json, sort_keys=True).encode()
+    if max_spec_bytes and len(canonical) > max_spec_bytes:
+        raise TooLarge(f"spec: {len(canonical)} bytes as JSON, over this deployment's limit of {max_spec_bytes} "
+                       "bytes (AMFT_MAX_SPEC_BYTES); put data in an uploaded file (POST /files), not in the spec")
+    spec_hash = hashlib.sha256(canonical).hexdigest()
     try:
         with db.transaction() as session:
             existing = _job_for_key(session, tenant_id, idempotency_key, spec_hash)
             if existing is not None:
                 return existing, False
             _check_files(session, tenant_id, spec)
+            check_queued_quota(session, tenant_id, max_queued)
             job = Job(
                 id=uuid.uuid4().hex,
                 tenant_id=tenant_id,
@@ -156,6 +165,26 @@ def claim(db: Database, job_id: str, worker: str, lease_seconds: float) -> Claim
     return Claim(job_id, attempt, spec, lease_seconds, resume_step, resume_path)
 
 
+def claim_next(db: Database, worker: str, lease_seconds: float, max_running: int = 0, tries: int = 5) -> Claim | None:
+    """Take the next job by fair dispatch (issue 13, item 8), whatever message woke the worker.
+
+    The broker message only wakes a worker; the rows decide. The next job is the oldest
+    queued one of the tenant with the fewest running jobs, ties going to the tenant served
+    least recently (then to the oldest waiting job), so a tenant's flood of jobs alternates with everyone else's instead of
+    going first. Tenants at `max_running` running jobs wait (0: no limit). Cancelled jobs
+    are never candidates, so a cancelled job's stale message wakes the worker for the next
+    real job, or costs one query. None when nothing is claimable.
+    """
+    for _ in range(tries):  # another worker may win the chosen job: choose again
+        job_id = next_job_id(db, max_running)
+        if job_id is None:
+            return None
+        held = claim(db, job_id, worker, lease_seconds)
+        if held is not None:
+            return held
+    return None
+
+
 def fence(session: Session, held: Claim, **values: object) -> bool:
     """Inside a worker's transaction: renew the lease (and set `values`) only if this
     attempt still owns the running job; returns the cancel flag, raises Fenced otherwise.
@@ -196,6 +225,7 @@ def finish(db: Database, held: Claim, cancelled: bool) -> None:
     with db.transaction() as session:
         fence(session, held, status=status, finished_at=utcnow(), lease_expires_at=None)
         _event(session, held.job_id, held.attempt, status, f"job {status}")
+        wake_tenant_queue(session, held.job_id)
 
 
 def fail(db: Database, held: Claim, code: str, message: str) -> None:
@@ -204,6 +234,7 @@ def fail(db: Database, held: Claim, code: str, message: str) -> None:
         fence(session, held, status="failed", finished_at=utcnow(), lease_expires_at=None,
               error_code=code, error_message=message[:4000])
         _event(session, held.job_id, held.attempt, "failed", f"{code}: {message}"[:4000])
+        wake_tenant_queue(session, held.job_id)
 
 
 def release(db: Database, held: Claim, reason: str) -> None:
@@ -301,6 +332,8 @@ def _reap_expired(db: Database, job_id: str, attempt: int, max_attempts: int, ca
         ).rowcount
         if won:
             _event(session, job_id, attempt, outcome, message)
+            if outcome != "requeued":
+                wake_tenant_queue(session, job_id)
     return outcome if won else None
 
 

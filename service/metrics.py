@@ -101,11 +101,35 @@ def _page_statement(dialect: str, names: tuple[str, ...]):
 def _points_array(dialect: str, page, names: list[str]):
     """SQL for the JSON array of the page's points (all metrics, or step + `names`)."""
     if dialect == "postgresql":
-        point = func.jsonb_build_object("step", page.c.step, *_pairs(page, names)) if names else page.c["values"]
+        point = _named_point_pg(page, names) if names else page.c["values"]
         return func.json_agg(aggregate_order_by(point, page.c.step))
     # SQLite aggregates in the subquery's (step) order; json() keeps a stored point an object.
-    point = func.json_object("step", page.c.step, *_pairs(page, names)) if names else func.json(page.c["values"])
+    point = _named_point_sqlite(page, names) if names else func.json(page.c["values"])
     return func.json_group_array(point)
+
+
+# Issue 13, item 10: a function call takes at most 100 arguments on PostgreSQL and 127 on
+# SQLite, so a point of many names is built from calls of at most this many names each
+# (63 names were a 503 on SQLite, 50 on PostgreSQL).
+NAMES_PER_CALL = 40
+
+
+def _named_point_pg(page, names: list[str]):
+    point = func.jsonb_build_object("step", page.c.step)
+    for chunk in _chunks(names):
+        point = point.op("||")(func.jsonb_build_object(*_pairs(page, chunk)))
+    return point
+
+
+def _named_point_sqlite(page, names: list[str]):
+    point = func.json_object("step", page.c.step)
+    for chunk in _chunks(names):  # json_insert keeps a missing metric as null (json_patch would drop it)
+        point = func.json_insert(point, *[part for name in chunk for part in (f'$."{name}"', page.c["values"][name])])
+    return point
+
+
+def _chunks(names: list[str]) -> list[list[str]]:
+    return [names[i:i + NAMES_PER_CALL] for i in range(0, len(names), NAMES_PER_CALL)]
 
 
 def _pairs(page, names: list[str]) -> list:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Iterable
+from typing import Iterable, Iterator
 
 ALLOWED_KEYS = ("prompt", "completion", "answer")
 CHAT_ROLES = ("system", "user", "assistant")
@@ -61,27 +61,44 @@ def parse_record(obj: object, line_no: int) -> dict:
     return record
 
 
-def parse_jsonl(lines: Iterable[bytes | str], max_errors: int = 20) -> list[dict]:
+def parse_jsonl(lines: Iterable[bytes | str | None], max_errors: int = 20) -> list[dict]:
     """Parse and validate a JSONL dataset, one record per line; blank lines are skipped.
 
     All lines are checked so the user can fix every problem at once: the RecordError lists
     up to `max_errors` problems, each starting with its 1-based line number.
     """
-    records: list[dict] = []
+    return list(iter_jsonl(lines, max_errors))
+
+
+def validate_jsonl(lines: Iterable[bytes | str | None], max_errors: int = 20) -> int:
+    """Check a JSONL dataset like `parse_jsonl` and return its number of records, holding
+    one line at a time (issue 13, item 9: the API validates uploads with this)."""
+    return sum(1 for _record in iter_jsonl(lines, max_errors))
+
+
+def iter_jsonl(lines: Iterable[bytes | str | None], max_errors: int = 20) -> Iterator[dict]:
+    """Yield each valid record as it is read; at the end raise RecordError listing the bad
+    lines (a `None` line stands for one too long to read), or saying there were none."""
     problems: list[str] = []
-    invalid_lines = 0
+    invalid_lines = records = 0
     for line_no, raw in enumerate(lines, start=1):
         try:
+            if raw is None:
+                raise RecordError(f"line {line_no}: longer than this deployment accepts for one record")
             text = _decode(raw, line_no)
             if line_no == 1:
                 text = text.removeprefix("\ufeff")  # editors on Windows add a byte-order mark
             if not text.strip():
                 continue
-            records.append(parse_record(_load_json(text, line_no), line_no))
+            record = parse_record(_load_json(text, line_no), line_no)
         except RecordError as error:
             invalid_lines += 1
             if len(problems) < max_errors:
                 problems.append(str(error))
+            continue
+        records += 1
+        if not problems:  # once a line is bad the caller gets an error, not records
+            yield record
     if problems:
         header = f"{invalid_lines} invalid line(s)"
         if invalid_lines > len(problems):
@@ -89,7 +106,6 @@ def parse_jsonl(lines: Iterable[bytes | str], max_errors: int = 20) -> list[dict
         raise RecordError("\n".join([header + ":", *problems]), problems)
     if not records:
         raise RecordError("the file contains no records")
-    return records
 
 
 def _check_prompt(prompt: object, fail) -> str | list[dict]:
@@ -139,6 +155,10 @@ def _load_json(text: str, line_no: int) -> object:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise RecordError(f"line {line_no}: invalid JSON ({error.msg} at column {error.colno})") from None
+    except RecursionError:  # issue 13, item 9: a 500 that left the upload on disk
+        raise RecordError(f"line {line_no}: JSON nested too deeply") from None
+    except ValueError:  # e.g. an integer of thousands of digits (Python's int limit)
+        raise RecordError(f"line {line_no}: a value cannot be read (a number of thousands of digits?)") from None
 
 
 def _json_type(obj: object) -> str:

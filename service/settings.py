@@ -94,6 +94,17 @@ class Settings(BaseSettings):
     sse_key_recheck_seconds: float = Field(
         30.0, gt=0, description="How often an open event stream re-checks its API key; a revoked key ends it."
     )
+    # Per-tenant quotas and request sizes (issue 13, items 8, 9 and 11).
+    max_queued_jobs_per_tenant: int = Field(
+        100, description="Most queued jobs one tenant may have; POST /jobs past it answers 429."
+    )
+    max_running_jobs_per_tenant: int = Field(
+        4, description="Most jobs of one tenant running at once; further ones wait queued (0 = no limit)."
+    )
+    max_upload_bytes_per_tenant: int = Field(
+        1024**3, description="Most bytes of uploaded files one tenant may store; POST /files past it answers 429."
+    )
+    max_spec_bytes: int = Field(64 * 1024, description="Largest job spec (as JSON); POST /jobs past it answers 413.")
 
     @property
     def resolved_database_url(self) -> str:

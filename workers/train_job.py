@@ -116,15 +116,19 @@ class Watch:
 
 
 def run_train_job(job_id: str, settings: Settings | None = None) -> str:
-    """Claim and run job `job_id`; returns the outcome (for logs and tests)."""
+    """Woken by job `job_id`'s message: claim the next job by fair dispatch (usually that
+    one) and run it; returns the outcome (for logs and tests)."""
     settings = settings or get_settings()
     db = get_database(settings.resolved_database_url)
     if SHUTTING_DOWN.is_set():  # told to stop during an earlier job: leave this one to others
         lifecycle.decline(db, job_id)
         return "declined"
-    held = lifecycle.claim(db, job_id, f"{socket.gethostname()}:{os.getpid()}", settings.lease_seconds)
+    # The message only woke this worker: fair dispatch picks the job (issue 13, item 8), so a
+    # cancelled job's stale message costs one query or runs the next tenant's job.
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    held = lifecycle.claim_next(db, worker, settings.lease_seconds, settings.max_running_jobs_per_tenant)
     if held is None:
-        log.info("job %s is not claimable (running elsewhere, finished or cancelled)", job_id)
+        log.info("woken by job %s: no job is claimable now (running, finished, cancelled or held back)", job_id)
         return "not_claimable"
     artifacts = settings.resolved_artifacts_dir
     watch = Watch(db, held, artifacts, settings.heartbeat_seconds, retry_seconds(settings))
@@ -132,7 +136,7 @@ def run_train_job(job_id: str, settings: Settings | None = None) -> str:
         with watch, _stop_on_sigterm():
             return _train(db, held, watch, settings, artifacts)
     except Fenced:
-        log.warning("job %s attempt %d was fenced; stopping without writing", job_id, held.attempt)
+        log.warning("job %s attempt %d was fenced; stopping without writing", held.job_id, held.attempt)
         return "fenced"
 
 

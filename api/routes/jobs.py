@@ -31,8 +31,10 @@ def create_job(
 ) -> dict:
     """Queue a training job. The body is the job spec (unknown fields are rejected)."""
     state = request.app.state
+    settings = state.settings
     job, created = lifecycle.create_job(
-        state.db, who.tenant_id, spec, idempotency_key, state.publish, state.settings.max_attempts
+        state.db, who.tenant_id, spec, idempotency_key, state.publish, settings.max_attempts,
+        max_queued=settings.max_queued_jobs_per_tenant, max_spec_bytes=settings.max_spec_bytes,
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -47,7 +49,7 @@ def list_jobs(
     limit: int = Query(50, ge=1, le=200),
     status: str | None = Query(None, pattern="^(" + "|".join(JOB_STATUSES) + ")$"),
 ) -> dict:
-    """Your jobs, newest first, a page at a time."""
+    """Your jobs, newest first, a page at a time: summaries; the spec is on GET /jobs/{id}."""
     return jobs.list_jobs(request.app.state.db, who.tenant_id, cursor, limit, status)
 
 
