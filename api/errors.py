@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422, TooLarge: 413, Unauthorized: 401}
 STATUS |= {Unavailable: 503, GatewayTimeout: 504}  # inference (issue 4)
 DB_RETRY_AFTER_SECONDS = 5
-INTERNAL_ERROR = "internal server error: the server logged it; retry, and report it with the time of the request if it persists"
+INTERNAL_ERROR = ("internal server error: the server logged it; retry, and report it with the time of the "
+                  "request if it persists")
 
 
 def error_response(status: int, problems: list[str], headers: dict | None = None) -> JSONResponse:
