@@ -34,7 +34,8 @@ STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422, TooLarge: 413, Unauth
 STATUS |= {Unavailable: 503, GatewayTimeout: 504}  # inference (issue 4)
 STATUS |= {TooManyRequests: 429}  # per-tenant quotas (issue 13, item 8)
 DB_RETRY_AFTER_SECONDS = 5
-INTERNAL_ERROR = "internal server error: the server logged it; retry, and report it with the time of the request if it persists"
+INTERNAL_ERROR = ("internal server error: the server logged it; retry, and report it with the time of the "
+                  "request if it persists")
 
 
 def error_response(status: int, problems: list[str], headers: dict | None = None) -> JSONResponse:

@@ -18,8 +18,10 @@ from pathlib import Path
 from service.settings import Settings
 
 # An absolute POSIX path: starts at a "/" not preceded by a word character, a dot, a
-# label's ">" or another path character, e.g. not the "/" of "org/name" or "1/2".
-ABSOLUTE_PATH = re.compile(r"(?<![\w.>~/-])/[^\s'\"`,;:()\[\]{}<>|=]+")
+# label's ">" or another path character, e.g. not the "/" of "org/name" or "1/2"; not a
+# URL's "//host" nor one of this API's own routes, which messages quote as advice.
+API_ROUTES = r"(?:jobs|files|generate|v1|healthz|readyz|metrics|docs|openapi\.json)(?![\w.-])"
+ABSOLUTE_PATH = re.compile(r"(?<![\w.>~/-])/(?!/|" + API_ROUTES + r")[^\s'\"`,;:()\[\]{}<>|=]+")
 
 
 def _folders(settings: Settings) -> list[tuple[str, str]]:
@@ -46,4 +48,5 @@ def redact_paths(message: str, settings: Settings) -> str:
     """`message` with the server's absolute paths replaced by a neutral form."""
     for folder, label in _folders(settings):
         message = re.sub(re.escape(folder) + r"(?![\w.-])", label, message)
+    message = message.replace("file:///", "file:/")  # file:///etc/x -> file:/etc/x, then redacted below
     return ABSOLUTE_PATH.sub(lambda match: "<path>/" + match[0].rstrip("/").rsplit("/", 1)[-1], message)

@@ -34,7 +34,8 @@ DATA_SOURCE = re.compile(
 # A Hugging Face hub dataset id, `org/name` and nothing else (issue 13, item 1): a bare
 # name can be one of the `datasets` packaged builders (text, json, csv, ...), which glob
 # the working directory; paths, globs, URLs and data_files have no way in.
-HUB_DATASET_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?")
+_HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?"
+HUB_DATASET_ID = re.compile(_HUB_PART + "/" + _HUB_PART)
 HUB_RESERVED_ORGS = ("buckets", "datasets", "models", "spaces")  # hub URL prefixes, not owners
 
 

@@ -18,9 +18,10 @@ from workers.trainer.data import DatasetError, load_records
 pytestmark = pytest.mark.timeout(120)
 
 # Not builder names: every other shape that would make load_dataset read local files or
-# leave the hub (relative and absolute paths, globs, a folder of this project, scripts).
-NOT_HUB_IDS = ["./data", "../etc", "/etc/passwd", "data/*.jsonl", "**", "~/x", "a/b/c", "org/name.py", "buckets/org", "datasets/org", "org/..", "org/name\n",
-               "org /name", "org/na me", "json/..", "csv/data.csv"]
+# leave the hub (relative and absolute paths, globs, scripts, hub URL prefixes, newlines).
+NOT_HUB_IDS = ["./data", "../etc", "/etc/passwd", "data/*.jsonl", "**", "~/x", "a/b/c", "org/name.py",
+               "buckets/org", "datasets/org", "org/..", "org/name\n", "org /name", "org/na me", "json/..",
+               "csv/data.csv"]
 FIELDS = [("datasets.sft.source", {"sft": {}}), ("datasets.rl.source", {"rl": {}}),
           ("datasets.validation.source", {"validation": {}}), ("datasets.eval.0.source", {"eval": [{}]})]
 

@@ -76,7 +76,10 @@ def test_13_5a_error_messages_carry_no_server_paths(tenants, pg_workers, record,
                "No such file: '/etc/amft/secret.json'", "file:///var/lib/data.jsonl", "[Errno 13] /root/.cache/x"]
     for sample in samples:
         _no_server_path(redact_paths(sample, settings), tmp_path)
-    assert redact_paths("hub:org/name and 1/2 of it", settings) == "hub:org/name and 1/2 of it"
+    # Not paths of the server: hub ids, fractions, this API's routes quoted as advice, URLs.
+    for kept in ("hub:org/name and 1/2 of it", "see GET /jobs/abc/evaluations or POST /files?filename=x",
+                 "read https://huggingface.co/docs/datasets", "use /v1/chat/completions"):
+        assert redact_paths(kept, settings) == kept
     record("13.5a", "a real worker fails a job on local:nothing-here (the loader's message quotes the models "
                     "folder); an evaluation fails with an artifacts path and a library path; 5 more messages "
                     "(traceback line, database file, quoted path, file:// URL, cache path)",
