@@ -121,8 +121,12 @@ export class ChartSet {
       chart.box.dataset.points = String(count);
       state[name] = { points: count, last };
     }
-    const now = performance.now();
-    window.__amft.lastDraw = { step: this.store.lastStep, drawMs: now - started, sinceReceivedMs: now - this.lastReceived, at: Date.now() };
+    // uPlot repaints in a microtask queued by setData; this one runs after those paints.
+    const step = this.store.lastStep;
+    queueMicrotask(() => {
+      const now = performance.now();
+      window.__amft.lastDraw = { step, drawMs: now - started, sinceReceivedMs: now - this.lastReceived, at: Date.now() };
+    });
   }
 
   resize() { for (const chart of this.charts.values()) chart.plot.setSize({ width: this.width(chart.box), height: 200 }); }
