@@ -28,10 +28,12 @@ DEMO_SPEC = {
     "datasets": {"sft": {"source": "builtin:arithmetic", "split": "train", "limit": 300},
                  "rl": {"source": "builtin:arithmetic", "split": "train", "limit": 10000},
                  "eval": [{"source": "builtin:arithmetic", "split": "id"}]},
-    "training": {"total_steps": 30, "warmup_steps": 5, "save_every": 15, "sft_batch_size": 8,
-                 "rl_prompts_per_step": 4, "num_generations": 4, "max_completion_tokens": 64,
-                 "learning_rate": 1e-4, "eval_every": 15, "eval_limit": 40, "micro_batch_size": 16},
-    "controller": {"meta_interval": 5, "meta_val_prompts": 4},
+    # Meant for about 1-2 minutes on an idle 2-core CPU; not timed idle: on the shared machine it was
+    # built on (load 15+), an RL step took about a minute.
+    "training": {"total_steps": 20, "warmup_steps": 4, "save_every": 10, "sft_batch_size": 8,
+                 "rl_prompts_per_step": 2, "num_generations": 4, "max_completion_tokens": 56,
+                 "learning_rate": 1e-4, "eval_every": 10, "eval_limit": 20, "micro_batch_size": 16},
+    "controller": {"meta_interval": 5, "meta_val_prompts": 2},
 }
 
 
