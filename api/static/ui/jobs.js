@@ -20,7 +20,7 @@ export function jobsView(cursorParam) {
   const node = h("section", { "aria-labelledby": "jobs-title" },
     h("div", { class: "row" }, h("h1", { id: "jobs-title" }, "Jobs"),
       h("div", { class: "filter" }, h("label", { for: "status-filter" }, "Status"), filter)),
-    table, pager, status);
+    h("div", { class: "table-wrap" }, table), pager, status);
 
   async function load() {
     try {
