@@ -81,3 +81,43 @@ def test_sign_in_watch_cancel_validate_and_tenancy(pg_api, pg_workers, browser):
     page.wait_for_function("document.querySelector('#job-header')?.innerText.includes('No job')", timeout=10_000)
     assert errors == []
     context.close()
+
+
+def test_compare_two_jobs_and_upload_a_dataset(pg_api, browser, tmp_path):  # noqa: F811
+    """Two jobs' points written through the worker's own write path, overlaid on the compare page."""
+    from service import lifecycle, metrics
+    from service.auth import authenticate
+    from service.db import get_database
+    from service.specs import JobSpec
+
+    db = get_database(pg_api.settings.resolved_database_url)
+    key = pg_api.key("carol")
+    tenant = authenticate(db, key).tenant_id
+    jobs = []
+    for method in ("amft", "sft_then_grpo"):
+        job, _ = lifecycle.create_job(db, tenant, JobSpec.model_validate({**TINY_SPEC, "method": method}),
+                                      None, lambda _id: None, 3)
+        held = lifecycle.claim(db, job.id, "test-writer", lease_seconds=300)
+        for step in range(1, 6):
+            metrics.record_step(db, held, {"step": step, "mu": 0.5, "reward_mean": step / 10})
+        jobs.append(job.id)
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True)
+    page = context.new_page()
+    sign_in(page, pg_api.url, key)
+    page.locator("#jobs-table tbody tr[data-job]").first.wait_for(timeout=15_000)
+    page.goto(f"{pg_api.url}/ui/#/compare")
+    for job_id in jobs:
+        page.locator(f"#pick-{job_id}").check()
+    page.get_by_label("Metric").select_option("reward_mean")
+    page.get_by_role("button", name="Overlay").click()
+    page.wait_for_function("window.__amft.compare?.jobs === 2", timeout=15_000)
+    assert page.evaluate("window.__amft.compare.metric") == "reward_mean"
+
+    page.goto(f"{pg_api.url}/ui/#/new")
+    data = tmp_path / "mine.jsonl"
+    data.write_text('{"prompt": "1+1=", "answer": "2"}\n')
+    page.get_by_label("File").set_input_files(str(data))
+    page.get_by_role("button", name="Upload").click()
+    page.locator("#upload-result code").wait_for(timeout=15_000)
+    assert page.locator("#upload-result code").inner_text().startswith("file:")
+    context.close()
