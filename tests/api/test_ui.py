@@ -21,6 +21,7 @@ def test_served_without_a_key_and_with_a_strict_policy(pg_api):
         page = anonymous.get("/ui/")
         assert page.status_code == 200 and '<script type="module" src="app.js">' in page.text
         assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert anonymous.get("/ui", follow_redirects=False).headers["location"].endswith("/ui/")
         assert anonymous.get("/ui/vendor/uPlot.esm.js").status_code == 200
         assert anonymous.get("/ui/vendor/uPlot.LICENSE").status_code == 200
         assert anonymous.get("/jobs").status_code == 401  # the data still needs a key
