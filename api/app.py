@@ -22,6 +22,7 @@ from api.routes.files import router as files_router
 from api.routes.generate import router as generate_router
 from api.routes.jobs import router as jobs_router
 from api.routes.openai_compat import router as openai_router
+from api.ui import mount_dashboard
 from service.auth import PrincipalCache
 from service.db import POOL_SIZE, get_database
 from service.files import sweep_incoming
@@ -65,6 +66,7 @@ def create_app(
     for router in (jobs_router, files_router, health_router):
         app.include_router(router)
     _add_inference(app, settings)
+    mount_dashboard(app)  # the web dashboard at /ui (issue 18)
     return app
 
 

@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "serve": "cli.serve",  # API + Celery workers on the embedded default or real services
     "keys": "cli.keys",  # API key management
     "demo": "cli.demo",  # serve, submit a demo AMFT job, stream mu/reward, generate
+    "jobs": "cli.jobs",  # `amft jobs ...` and `amft files ...` on a running service (client/)
 }
 
 

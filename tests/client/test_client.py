@@ -1,0 +1,91 @@
+"""The Python client against a real API (PostgreSQL, Redis, a real Celery train worker),
+and its retry behaviour against a real HTTP server that answers 429/503 first."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from client import ApiError, Client
+from service.specs import JobSpec
+from tests.conftest import TINY_SPEC
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def test_create_stream_wait_metrics_and_errors(pg_api, pg_workers, tmp_path):
+    pg_workers.start()
+    key, other = pg_api.key("alice"), pg_api.key("bob")
+    with Client(pg_api.url, key) as amft:
+        spec = JobSpec.model_validate({**TINY_SPEC, "training": {**TINY_SPEC["training"], "total_steps": 4}})
+        job = amft.jobs.create(spec, idempotency_key="same")
+        assert amft.jobs.create(spec, idempotency_key="same").id == job.id  # a retried create is the same job
+        second = amft.jobs.create(spec)
+        assert second.id != job.id  # a fresh automatic key is a new job
+        cancelled = amft.jobs.cancel(second.id)  # queued behind the first: ends at once
+        assert cancelled.status == "cancelled" or cancelled.cancel_requested
+        steps = [m["data"]["step"] for m in amft.jobs.events(job.id, stream=True) if m["event"] == "metrics"]
+        assert steps == [1, 2, 3, 4]
+        final = amft.jobs.wait(job.id, timeout=200)
+        assert final.status == "succeeded" and final.progress.step == 4
+        points = amft.jobs.metrics(job.id, names=["mu", "reward_mean"])
+        assert [p["step"] for p in points] == [1, 2, 3, 4] and all("mu" in p for p in points)
+        assert [c["step"] for c in amft.jobs.checkpoints(job.id)][-1] == 4
+        assert "created" in [e["kind"] for e in amft.jobs.events(job.id)]
+        assert job.id in {j.id for j in amft.jobs.iter()}
+        data = tmp_path / "train.jsonl"
+        data.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n")
+        assert amft.files.upload(data)["source"].startswith("file:")
+        with pytest.raises(ApiError) as invalid:
+            amft.jobs.create({"method": "amft", "training": {"total_steps": 0}})
+        assert invalid.value.status == 422 and any("training.total_steps" in p for p in invalid.value.problems)
+    with Client(pg_api.url, other) as bob, pytest.raises(ApiError) as hidden:
+        bob.jobs.get(job.id)
+    assert hidden.value.status == 404 and "no job" in hidden.value.detail
+    with Client(pg_api.url, "amft_wrong") as stranger, pytest.raises(ApiError) as refused:
+        stranger.jobs.list()
+    assert refused.value.status == 401
+
+
+class Flaky(BaseHTTPRequestHandler):
+    """Answers 503 (Retry-After: 0) then 429, then 200; counts the requests."""
+
+    answers = [(503, {"Retry-After": "0"}), (429, {}), (200, {})]
+    seen: list[str] = []
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        status, headers = self.answers[min(len(self.seen), 2)]
+        self.seen.append(self.path)
+        body = json.dumps({"jobs": [], "next_cursor": None} if status == 200 else
+                          {"detail": "busy; retry", "problems": ["busy; retry"]}).encode()
+        self.send_response(status)
+        for name, value in {**headers, "Content-Type": "application/json"}.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args):
+        pass
+
+
+def test_retries_429_and_503_then_gives_the_servers_message():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        Flaky.seen = []
+        with Client(url, "k") as amft:
+            amft._t.backoff = 0.01
+            assert amft.jobs.list().jobs == []
+        assert len(Flaky.seen) == 3
+        Flaky.seen = []
+        with Client(url, "k", retries=1) as amft, pytest.raises(ApiError) as error:
+            amft._t.backoff = 0.01
+            amft.jobs.list()
+        assert error.value.status == 429 and error.value.detail == "busy; retry" and len(Flaky.seen) == 2
+    finally:
+        server.shutdown()
