@@ -39,6 +39,7 @@ def run(args) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.http_guard import guarded_protocol
     from service.db import migrate
     from service.settings import get_settings
 
@@ -49,8 +50,10 @@ def run(args) -> int:
     workers = [] if args.no_workers else start_workers(settings.home / "logs")
     print(f"amft serve: API on http://{host}:{port}  database {_redact(settings.resolved_database_url)}", flush=True)
     try:
+        # Slow clients (issue 13, item 6): a header-read deadline and a keep-alive timeout.
         config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning",
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, timeout_keep_alive=settings.http_keep_alive_seconds,
+                                http=guarded_protocol(settings.http_header_timeout_seconds))
         uvicorn.Server(config).run()  # shuts down gracefully on Ctrl-C / SIGTERM
     except KeyboardInterrupt:
         pass  # uvicorn re-raises the Ctrl-C it handled; the shutdown is already done

@@ -90,6 +90,19 @@ class Settings(BaseSettings):
     vllm_max_lora_rank: int = Field(64, description="Largest LoRA rank the vLLM engine accepts.")
     evaluation_max_items: int = Field(2000, description="Most dataset items one evaluation may score.")
 
+    # Issue 13: slow clients (item 6) and worker supervision (item 12).
+    http_header_timeout_seconds: float = Field(
+        10.0, description="A request's line and headers must arrive within this (else 408 and close)."
+    )
+    http_keep_alive_seconds: int = Field(5, description="An idle kept-alive HTTP connection is closed after this.")
+    worker_heartbeat_seconds: float = Field(10.0, description="How often a worker records that it is alive.")
+    worker_stale_seconds: float = Field(
+        30.0, description="A worker whose last heartbeat is older counts as gone for /readyz."
+    )
+    ready_worker_queues: str = Field(
+        "train,inference", description="Queues /readyz needs a live worker for (comma-separated; empty: none)."
+    )
+
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.home / 'amft.db').resolve()}"
