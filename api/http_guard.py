@@ -73,8 +73,8 @@ class HeaderDeadline:
 
     def _header_timeout_expired(self) -> None:
         self._header_timer = None
-        if self.transport.is_closing():
-            return
+        if self.transport.is_closing() or self.transport.get_protocol() is not self:
+            return  # closed already, or upgraded (a WebSocket's protocol owns the connection now)
         if self._partial_request:  # nothing of a response has been sent on this request yet
             body = f"request line and headers not received within {self.header_timeout:g} s\n".encode()
             self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
