@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     ready_worker_queues: str = Field(
         "train,inference", description="Queues /readyz needs a live worker for (comma-separated; empty: none)."
     )
+    db_idle_in_transaction_seconds: float = Field(
+        60.0, description="PostgreSQL ends a session idle inside a transaction this long (a frozen process's row locks)."
+    )
 
     @property
     def resolved_database_url(self) -> str:
