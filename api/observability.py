@@ -15,6 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client import REGISTRY, multiprocess
 from starlette.concurrency import run_in_threadpool
 
+from service.worker_presence import queue_problems
+
 router = APIRouter(tags=["health"])
 
 REQUESTS = Counter("amft_http_requests_total", "HTTP requests", ["method", "route", "status"])
@@ -57,7 +59,8 @@ def healthz() -> dict:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Ready to serve: the database and the broker both answer."""
+    """Ready to serve: the database and the broker both answer, and each queue named by
+    AMFT_READY_WORKER_QUEUES has a worker with a recent heartbeat (`worker:QUEUE` checks)."""
     state = request.app.state
     checks = {}
     for name, probe in (("database", state.db.ping), ("broker", state.broker_ping)):
@@ -66,8 +69,17 @@ async def readyz(request: Request) -> JSONResponse:
             checks[name] = "ok"
         except Exception as error:  # noqa: BLE001 - report any failure as not ready
             checks[name] = f"unavailable: {type(error).__name__}: {error}"[:300]
+    if checks["database"] == "ok":
+        checks.update(await run_in_threadpool(_worker_checks, state))
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+
+
+def _worker_checks(state) -> dict[str, str]:
+    settings = state.settings
+    queues = [queue.strip() for queue in settings.ready_worker_queues.split(",") if queue.strip()]
+    problems = queue_problems(state.db, queues, settings.worker_stale_seconds) if queues else {}
+    return {f"worker:{queue}": problem or "ok" for queue, problem in problems.items()}
 
 
 @router.get("/metrics", include_in_schema=False)

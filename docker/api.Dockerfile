@@ -27,5 +27,7 @@ COPY cli/ cli/
 
 USER amft
 EXPOSE 8000
-# The production server command (also what bench/api_metrics.py measures).
-CMD ["sh", "-c", "rm -rf /tmp/prometheus/* && exec uvicorn --factory api.app:create_app --host 0.0.0.0 --port 8000 --workers ${AMFT_API_WORKERS:-2} --no-access-log --timeout-graceful-shutdown 10"]
+# The production server command (also what bench/api_metrics.py measures). Slow clients
+# (issue 13, item 6): the guarded protocol drops a request whose headers take longer than
+# AMFT_HTTP_HEADER_TIMEOUT_SECONDS; an idle kept-alive connection closes after AMFT_HTTP_KEEP_ALIVE_SECONDS.
+CMD ["sh", "-c", "rm -rf /tmp/prometheus/* && exec uvicorn --factory api.app:create_app --host 0.0.0.0 --port 8000 --workers ${AMFT_API_WORKERS:-2} --no-access-log --timeout-graceful-shutdown 10 --timeout-keep-alive ${AMFT_HTTP_KEEP_ALIVE_SECONDS:-5} --http api.http_guard:GuardedHttpProtocol"]

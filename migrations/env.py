@@ -8,6 +8,7 @@ from logging.config import fileConfig
 from alembic import context
 
 import service.evaluations  # noqa: F401 - registers its table on Base.metadata
+import service.worker_presence  # noqa: F401 - registers its table on Base.metadata
 from service.db import get_database
 from service.models import Base
 from service.settings import get_settings

@@ -79,7 +79,14 @@ def _make_engine(url: str) -> Engine:
         return engine
     # No pre-ping (a round trip per checkout): after a database restart the first use of a
     # stale connection fails once and SQLAlchemy then drops the whole pool.
-    return create_engine(url, pool_size=POOL_SIZE, max_overflow=10, pool_recycle=3600)
+    # A process frozen inside a transaction (SIGSTOP, a paused VM) would hold its row locks
+    # forever, blocking the reaper and every claim of that job (issue 13): the server ends
+    # such a session after AMFT_DB_IDLE_IN_TRANSACTION_SECONDS; the writer's retry then meets Fenced.
+    from service.settings import get_settings
+
+    idle_ms = int(get_settings().db_idle_in_transaction_seconds * 1000)
+    return create_engine(url, pool_size=POOL_SIZE, max_overflow=10, pool_recycle=3600,
+                         connect_args={"options": f"-c idle_in_transaction_session_timeout={idle_ms}"})
 
 
 def _sqlite_on_connect(dbapi_connection, _record) -> None:

@@ -105,6 +105,21 @@ class Settings(BaseSettings):
         1024**3, description="Most bytes of uploaded files one tenant may store; POST /files past it answers 429."
     )
     max_spec_bytes: int = Field(64 * 1024, description="Largest job spec (as JSON); POST /jobs past it answers 413.")
+    # Issue 13: slow clients (item 6) and worker supervision (item 12).
+    http_header_timeout_seconds: float = Field(
+        10.0, description="A request's line and headers must arrive within this (else 408 and close)."
+    )
+    http_keep_alive_seconds: int = Field(5, description="An idle kept-alive HTTP connection is closed after this.")
+    worker_heartbeat_seconds: float = Field(10.0, description="How often a worker records that it is alive.")
+    worker_stale_seconds: float = Field(
+        30.0, description="A worker whose last heartbeat is older counts as gone for /readyz."
+    )
+    ready_worker_queues: str = Field(
+        "train,inference", description="Queues /readyz needs a live worker for (comma-separated; empty: none)."
+    )
+    db_idle_in_transaction_seconds: float = Field(
+        60.0, description="PostgreSQL ends a session idle inside a transaction this long (a frozen process's row locks)."
+    )
 
     @property
     def resolved_database_url(self) -> str:

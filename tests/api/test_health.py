@@ -9,8 +9,10 @@ from tests.conftest import ApiServer
 pytestmark = pytest.mark.timeout(60)
 
 
-def test_health_ready_and_metrics(pg_api):
-    with pg_api.client() as client:
+def test_health_ready_and_metrics(pg_settings):
+    # Database and broker only: the worker checks are tests/cli/test_serve.py's.
+    settings = pg_settings.model_copy(update={"ready_worker_queues": ""})
+    with ApiServer(settings) as server, server.client() as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok"}

@@ -38,8 +38,10 @@ SPEC20 = {
 TORCH_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # Short lease, heartbeat and reaper so that lost workers are noticed in seconds. The lease
 # keeps slack over the heartbeat: the machine is shared and a loaded step can be slow.
+# A worker SIGSTOPped inside a transaction holds the job's row lock: PostgreSQL ends that
+# session after 5 s so the reaper and the next worker are not blocked (test 4).
 FAULT_SETTINGS = {"lease_seconds": 6.0, "heartbeat_seconds": 0.5, "reaper_seconds": 0.5,
-                  "requeue_unclaimed_seconds": 30.0, "max_attempts": 3}
+                  "requeue_unclaimed_seconds": 30.0, "max_attempts": 3, "db_idle_in_transaction_seconds": 5.0}
 
 
 @pytest.fixture(scope="session")

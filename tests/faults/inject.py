@@ -3,7 +3,7 @@
 Fault workers run `celery -A tests.faults.inject worker ...`: exactly the production app
 (workers.celery_app) and train task, with `workers.train_job.Watch` wrapped so that
 
-- every hook call is journalled by the worker itself to
+- every hook call (and every heartbeat the database refused) is journalled by the worker itself to
   `$AMFT_TEST_FAULT_DIR/journal-<job>.jsonl`: {attempt, step, what, result, t, pid}, where
   result is `ok` once the fenced write committed, `fenced` or `error` otherwise. The
   checker uses it to prove that no write of an attempt committed after it was fenced and
@@ -98,6 +98,20 @@ def _enospc_save_file(original):
     return save_file
 
 
+def _journalled_heartbeat(original):
+    # The heartbeat thread is often the first of a zombie's writes after SIGCONT (issue 13:
+    # the zombie test saw 0 refused writes when it won the race): journal its refusals too.
+    def heartbeat(db, held):
+        try:
+            return original(db, held)
+        except Fenced:
+            journal(held.job_id, held.attempt, None, "heartbeat", "fenced")
+            raise
+
+    return heartbeat
+
+
+train_job.lifecycle.heartbeat = _journalled_heartbeat(train_job.lifecycle.heartbeat)
 train_job.Watch.on_metrics = _journalled("metrics", train_job.Watch.on_metrics)
 train_job.Watch.on_checkpoint = _journalled("checkpoint", train_job.Watch.on_checkpoint)
 if any(action == "enospc" for action, _, _ in _faults()):

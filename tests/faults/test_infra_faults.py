@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 def test_5_redis_down_for_5_seconds_mid_job(env_factory, own_redis, record):
     # A job accepted while the broker is down is republished by the reaper once it is back.
-    fenv = env_factory(requeue_unclaimed_seconds=3.0)
+    fenv = env_factory(requeue_unclaimed_seconds=3.0, ready_worker_queues="train")  # no inference worker here
     fenv.start_api()
     fenv.workers.start(fault="pause:6@1")
     running = fenv.submit()

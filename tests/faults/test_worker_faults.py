@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from tests.conftest import wait_for
+from tests.faults.checker import read_journal
 from tests.faults.conftest import SPEC20, wait_exit
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -85,11 +87,13 @@ def test_4_zombie_worker_is_fenced(fenv, record):
     fenv.workers.start()
     fenv.wait_status(job_id, ("succeeded", "failed"))
     fenv.workers.signal_group(zombie, signal.SIGCONT)
-    # The zombie's next write is refused; its task ends quietly and the job stays succeeded.
+    # The zombie's next write (its heartbeat or its step-8 metrics, whichever runs first) is
+    # refused; its task ends quietly and the job stays succeeded. Wait for exactly that: a
+    # refused write journalled by attempt 1, then the zombie's own log line.
     log = fenv.workers.log_dir / "worker0.log"
-    from tests.conftest import wait_for
-
-    wait_for(lambda: "was fenced; stopping without writing" in log.read_text(), 60, what="the zombie to stop")
+    wait_for(lambda: any(e["attempt"] == 1 and e["result"] == "fenced" for e in read_journal(fenv.fault_dir, job_id)),
+             120, what="the zombie's first write to be refused")
+    wait_for(lambda: "was fenced; stopping without writing" in log.read_text(), 120, what="the zombie to stop")
     outcome = fenv.check(job_id, "succeeded")
     assert outcome.attempts == 2 and outcome.resumed_from[2] == 5
     assert outcome.fenced_refused >= 1
