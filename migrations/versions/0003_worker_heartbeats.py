@@ -1,6 +1,6 @@
 """Worker heartbeats: which queues have a live worker, for /readyz (issue 13, item 12).
 
-Revision ID: h13proc_worker_heartbeats
+Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-03
 """
