@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
@@ -22,13 +23,17 @@ async def upload_file(
     request: Request,
     who: Principal = Depends(principal),
     filename: str = Query("upload.jsonl", description="A name to recognise the file by."),
+    purpose: Literal["dataset", "grader"] = Query(
+        "dataset", description="dataset: JSONL records; grader: a python file defining reward(completions, **columns)."
+    ),
 ) -> dict:
     """Upload a JSONL dataset (one record per line) as the raw body, e.g.
     `curl --data-binary @train.jsonl -H 'Content-Type: application/jsonl' .../files?filename=train.jsonl`.
-    Use the returned `source` (`file:<id>`) in a job spec."""
+    Use the returned `source` (`file:<id>`) in a job spec: as a dataset, or with
+    `purpose=grader` as a python grader's `file`."""
     settings = request.app.state.settings
     _check_request(request, filename, settings.max_upload_bytes)
-    upload = Upload(settings.resolved_artifacts_dir, settings.max_upload_bytes)
+    upload = Upload(settings.resolved_artifacts_dir, settings.max_upload_bytes, purpose)
     try:
         async for chunk in request.stream():  # the cap is enforced as bytes arrive
             upload.write(chunk)
