@@ -60,9 +60,17 @@ def run_grader(file_ref: str, completions: list[str], columns: dict, settings: S
     with tempfile.TemporaryDirectory(prefix="amft-grader-") as work:
         os.chmod(work, 0o755)
         grader = Path(work) / "grader.py"  # a private copy: the sandbox never sees the uploads folder
-        shutil.copyfile(source, grader)
-        os.chmod(grader, 0o444)
-        command, options = launcher(settings.grader_sandbox)(grader, work, settings)
+        harness = Path(work) / "harness.py"
+        for origin, copy in ((source, grader), (HARNESS, harness)):
+            shutil.copyfile(origin, copy)
+            os.chmod(copy, 0o444)
+        launch = launcher(settings.grader_sandbox)
+        command, options = launch(grader, harness, settings)
+        if os.geteuid() == 0 and launch is bwrap_command:
+            # Never run user code as root, not even root mapped into a user namespace: the
+            # kernel does not apply RLIMIT_NPROC to the real root user, so a fork bomb would
+            # exhaust the machine's pids. As `nobody` the process-count limit holds.
+            options.update(user=NOBODY, group=NOBODY, extra_groups=[])
         output = _communicate(command, options, payload, settings.grader_timeout_seconds)
     return _result(output)
 
@@ -72,35 +80,44 @@ def limits(settings: Settings) -> list[str]:
     return [str(settings.grader_cpu_seconds), str(settings.grader_memory_mb << 20), str(settings.grader_max_processes)]
 
 
-def bwrap_command(grader: Path, work: str, settings: Settings) -> tuple[list[str], dict]:
+def sandbox_python() -> Path:
+    """The interpreter inside the sandbox: the worker's own when it lives under /usr, else the
+    system's /usr/bin/python3 (a user-installed Python, e.g. pyenv's under /root, is not
+    readable by the unprivileged sandbox user)."""
+    own = Path(sys.executable).resolve()
+    if own.is_relative_to("/usr") or not Path("/usr/bin/python3").exists():
+        return own
+    return Path("/usr/bin/python3")
+
+
+def bwrap_command(grader: Path, harness: Path, settings: Settings) -> tuple[list[str], dict]:
     """bubblewrap around `python -I -S harness grader`: see the module docstring."""
-    prefix = Path(sys.base_prefix).resolve()
-    python = Path(sys.executable).resolve() if Path(sys.executable).resolve().is_relative_to(prefix) else prefix / "bin" / "python3"
+    python = sandbox_python()
     command = [
         "bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
-        "--uid", str(NOBODY), "--gid", str(NOBODY),
         "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
         "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
     ]
-    if not prefix.is_relative_to("/usr"):
+    if not python.is_relative_to("/usr"):
+        prefix = python.parent.parent
         command += ["--ro-bind", str(prefix), str(prefix)]
     command += [
-        "--ro-bind", str(grader), "/sandbox/grader.py", "--ro-bind", str(HARNESS), "/sandbox/harness.py",
+        "--ro-bind", str(grader), "/sandbox/grader.py", "--ro-bind", str(harness), "/sandbox/harness.py",
         "--chdir", "/tmp", "--setenv", "PATH", "/usr/bin", "--setenv", "HOME", "/tmp",
         str(python), "-I", "-S", "/sandbox/harness.py", "/sandbox/grader.py", *limits(settings),
     ]
     return command, {}
 
 
-def rlimit_command(grader: Path, work: str, settings: Settings) -> tuple[list[str], dict]:
-    """A bare process with rlimits, empty env, temp cwd, `nobody` if root, no network if possible."""
-    command = [sys.executable, "-I", "-S", str(HARNESS), str(grader), *limits(settings)]
+def rlimit_command(grader: Path, harness: Path, settings: Settings) -> tuple[list[str], dict]:
+    """A bare process with rlimits, empty env, temp cwd, no network where `unshare --net` works."""
+    command = [str(sandbox_python()), "-I", "-S", str(harness), str(grader), *limits(settings)]
+    if os.geteuid() == 0:  # drop to nobody after unsharing (see run_grader on RLIMIT_NPROC and root)
+        command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", *command]
     if _unshare_net_works():
         command = ["unshare", "--net", "--", *command]
-    options = {"cwd": work, "env": {"PATH": "/usr/bin:/bin", "HOME": work}}
-    if os.geteuid() == 0:
-        options.update(user=NOBODY, group=NOBODY, extra_groups=[])
-    return command, options
+    work = str(grader.parent)
+    return command, {"cwd": work, "env": {"PATH": "/usr/bin:/bin", "HOME": work}}
 
 
 @lru_cache(maxsize=None)
@@ -169,12 +186,15 @@ def _result(output: bytes) -> list:
 def _bwrap_works() -> bool:
     if shutil.which("bwrap") is None:
         return False
-    probe = ["bwrap", "--unshare-all", "--ro-bind", "/", "/", "--", "true"]
-    return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    probe = ["bwrap", "--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib",
+             "--symlink", "usr/lib64", "/lib64", "--", "/usr/bin/true"]
+    as_nobody = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if os.geteuid() == 0 else {}
+    return subprocess.run(probe, capture_output=True, timeout=30, **as_nobody).returncode == 0
 
 
 @lru_cache(maxsize=None)
 def _unshare_net_works() -> bool:
     if shutil.which("unshare") is None:
         return False
+    # As the worker's user: `unshare --net` needs root (CAP_SYS_ADMIN) without user namespaces.
     return subprocess.run(["unshare", "--net", "--", "true"], capture_output=True, timeout=30).returncode == 0

@@ -14,6 +14,7 @@ import traceback
 
 def main() -> None:
     grader_path, cpu, memory, processes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    me = os.getpid()
     payload = json.loads(sys.stdin.read())
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # user output must not corrupt the result channel
@@ -36,6 +37,8 @@ def main() -> None:
         last = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
         where = f" (line {last[0].lineno})" if last and last[0].filename == grader_path else ""
         result = {"error": f"{type(error).__name__}: {error}{where}"[:1000]}
+    if os.getpid() != me:  # a child the grader forked: only the harness itself may answer
+        os._exit(1)
     out.write(json.dumps(result))
     out.flush()
 
