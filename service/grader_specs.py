@@ -14,14 +14,11 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
-
-from service.settings import get_settings
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 GRADER_NAME = r"^[A-Za-z0-9_]{1,32}$"
 FIELD_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 FILE_SOURCE = re.compile(r"^file:[0-9a-f]{32}$")
-MODEL_REF = re.compile(r"^([0-9a-f]{32}(:\d{1,9})?|builtin:(tiny|smollm2-135m))$")
 
 
 class _Grader(BaseModel):
@@ -129,51 +126,8 @@ class PythonGrader(_Grader):
         return value
 
 
-class ModelGrader(_Grader):
-    """An LLM judge: a prompt template over the record and completion, a score parsed from the reply."""
-
-    kind: Literal["model"] = Field(description="An LLM judge.")
-    model: str | None = Field(
-        None, description="A model this service serves: <job_id>[:<step>] of this tenant, or builtin:tiny."
-    )
-    url: str | None = Field(
-        None, max_length=500, description="An OpenAI-compatible base URL; must be on AMFT_JUDGE_URL_ALLOWLIST."
-    )
-    url_model: str = Field("default", max_length=200, description="The `model` name sent to the URL.")
-    template: str = Field(
-        min_length=1, max_length=8000,
-        description="Judge prompt; {completion} and {<record field>} are filled in (str.format).",
-    )
-    score_pattern: str = Field(
-        r"(-?\d+(?:\.\d+)?)", max_length=200,
-        description="Regex whose first group in the reply is the score.",
-    )
-    max_score: float = Field(1.0, gt=0.0, description="The score is divided by this and clipped to [0, 1].")
-    max_tokens: int = Field(16, ge=1, le=512, description="Tokens the judge may generate.")
-    max_consecutive_failures: int = Field(3, ge=1, le=1000, description="Fail the job after this many failed batches in a row.")
-
-    @model_validator(mode="after")
-    def _one_target(self) -> ModelGrader:
-        if (self.model is None) == (self.url is None):
-            raise ValueError("set exactly one of model (served here) and url (allowlisted endpoint)")
-        if self.model is not None and not MODEL_REF.match(self.model):
-            raise ValueError("model must be <32-hex job id>[:<step>] or builtin:tiny / builtin:smollm2-135m")
-        if self.url is not None and not any(self.url.startswith(allowed) for allowed in get_settings().judge_url_allowlist):
-            raise ValueError(f"url {self.url!r} is not on this deployment's judge allowlist (AMFT_JUDGE_URL_ALLOWLIST)")
-        try:
-            if re.compile(self.score_pattern).groups < 1:
-                raise ValueError("score_pattern needs one capturing group")
-        except re.error as error:
-            raise ValueError(f"score_pattern is not a valid regular expression: {error}") from None
-        return self
-
-    def fields_read(self) -> set[str]:
-        names = set(re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", self.template))
-        return names - {"completion"}
-
-
 GraderSpec = Annotated[
-    Union[MathVerifyGrader, StringCheckGrader, RegexGrader, JsonSchemaGrader, PythonGrader, ModelGrader],
+    Union[MathVerifyGrader, StringCheckGrader, RegexGrader, JsonSchemaGrader, PythonGrader],
     Field(discriminator="kind"),
 ]
 

@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     vllm_max_lora_rank: int = Field(64, description="Largest LoRA rank the vLLM engine accepts.")
     evaluation_max_items: int = Field(2000, description="Most dataset items one evaluation may score.")
 
-    # Graders (issue 15): the python grader's sandbox and the model grader's allowlist.
+    # Graders (issue 15): the python grader's sandbox.
     grader_sandbox: Literal["auto", "bwrap", "rlimit"] = Field(
         "auto",
         description="How python graders are isolated: bwrap (bubblewrap namespaces + rlimits), rlimit "
@@ -100,10 +100,6 @@ class Settings(BaseSettings):
     grader_cpu_seconds: int = Field(10, description="CPU-time rlimit of one python grader call.")
     grader_memory_mb: int = Field(512, description="Address-space rlimit of one python grader call, in MiB.")
     grader_max_processes: int = Field(16, description="Process-count rlimit inside a python grader's sandbox.")
-    judge_url_allowlist: list[str] = Field(
-        default_factory=list,
-        description="OpenAI-compatible base URLs a model grader may call (exact prefixes); empty = none.",
-    )
 
     @property
     def resolved_database_url(self) -> str:

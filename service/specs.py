@@ -24,7 +24,7 @@ MODEL_SOURCE = re.compile(
     r"|hub:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95})$"  # a hub id
 )
 DATA_SOURCE = re.compile(
-    r"^(builtin:arithmetic|gsm8k|svamp"
+    r"^(builtin:arithmetic|builtin:json_extract|gsm8k|svamp"
     r"|file:[0-9a-f]{32}"  # an uploaded JSONL file, by id
     r"|hf:[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?)$"
 )
@@ -58,7 +58,7 @@ class DataSourceSpec(Strict):
     def _known_source(cls, value: str) -> str:
         if not DATA_SOURCE.match(value):
             raise ValueError(
-                "must be builtin:arithmetic, gsm8k, svamp, file:<32-hex file id> or hf:<dataset id>"
+                "must be builtin:arithmetic, builtin:json_extract, gsm8k, svamp, file:<32-hex file id> or hf:<dataset id>"
             )
         return value
 

@@ -3,6 +3,7 @@
 Sources (`DataSourceSpec.source`, validated in service/specs.py):
 
 - `builtin:arithmetic`: seeded multi-step word problems, see `arithmetic_split`.
+- `builtin:json_extract`: seeded texts to extract into JSON (workers/trainer/json_extract.py).
 - `gsm8k`: `<datasets_dir>/gsm8k/{train,test}.jsonl`, through `gsm8k_record`.
 - `svamp`: `<datasets_dir>/svamp/SVAMP.json`. It has no train/test division, so the whole
   file is the single split `test`; it serves as out-of-distribution evaluation. Problems
@@ -50,6 +51,13 @@ def load_records(source: DataSourceSpec, settings: Settings) -> list[Record]:
     name = source.source
     if name == "builtin:arithmetic":
         records = [dict(record) for record in arithmetic_split(source.split)]
+    elif name == "builtin:json_extract":
+        from workers.trainer.json_extract import JsonExtractError, json_extract_split
+
+        try:
+            records = [dict(record) for record in json_extract_split(source.split)]
+        except JsonExtractError as error:
+            raise DatasetError(str(error)) from None
     elif name == "gsm8k":
         records = _load_gsm8k(settings.datasets_dir, source.split)
     elif name == "svamp":

@@ -21,7 +21,7 @@ import jsonschema
 import regex
 
 from service.grader_specs import (
-    JsonSchemaGrader, MathVerifyGrader, ModelGrader, PythonGrader, RegexGrader, StringCheckGrader,
+    JsonSchemaGrader, MathVerifyGrader, PythonGrader, RegexGrader, StringCheckGrader,
 )
 from workers.trainer.rewards import is_correct, reward
 
@@ -96,20 +96,12 @@ def score_python(spec: PythonGrader, completions: list[str], columns: Columns) -
     return run_grader(spec.file, completions, columns)
 
 
-def score_model(spec: ModelGrader, completions: list[str], columns: Columns) -> list[float]:
-    """An LLM judge's parsed score per completion, divided by max_score and clipped to [0, 1]."""
-    from workers.trainer.judge import judge_scores
-
-    return judge_scores(spec, completions, columns)
-
-
 GRADERS: dict[str, ScoreFn] = {
     "math_verify": score_math_verify,
     "string_check": score_string_check,
     "regex": score_regex,
     "json_schema": score_json_schema,
     "python": score_python,
-    "model": score_model,
 }
 
 
