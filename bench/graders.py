@@ -100,7 +100,9 @@ def main() -> None:
         for kind, specs in grader_specs(f"file:{file_id}").items():
             seconds = statistics.median(time_scoring(specs, args.repeats))
             rows[kind] = {"seconds_per_batch": seconds, "completions_per_second": BATCH / seconds}
+            print(kind, rows[kind], flush=True)
         step = grpo_step_seconds(args.steps)
+        print("grpo step", step, flush=True)
         launcher = describe_launcher(get_settings().grader_sandbox)
     baseline = rows["math_verify"]["seconds_per_batch"]
     for row in rows.values():
