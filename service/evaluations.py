@@ -1,11 +1,11 @@
-"""Evaluations: score a checkpoint on a dataset with the training verifier, keep accuracy
+"""Evaluations: score a checkpoint on a dataset with the job's graders, keep accuracy
 and every item's output.
 
     queued --(inference worker)--> running --> succeeded | failed
 
 The API creates the row and queues the evaluation (after the commit); the inference worker
-(workers.inference.evaluate) generates, scores with workers.trainer.rewards.is_correct and
-stores the items here. Everything is scoped by tenant: another tenant's ids answer 404.
+(workers.inference.evaluate) generates, scores with the job's graders (the list that scored
+its training rollouts, workers/trainer/graders.py) and stores the items here. Everything is scoped by tenant: another tenant's ids answer 404.
 """
 
 from __future__ import annotations
@@ -137,7 +137,9 @@ def start_evaluation(db: Database, evaluation_id: str) -> dict | None:
         if result.rowcount == 0:
             return None
         row = session.get(Evaluation, evaluation_id)
-        return {"id": row.id, "job_id": row.job_id, "step": row.step, "dataset": row.dataset, "sampling": row.sampling}
+        reward = (session.get(Job, row.job_id).spec or {}).get("reward")  # the job's graders score it
+        return {"id": row.id, "job_id": row.job_id, "step": row.step, "dataset": row.dataset,
+                "sampling": row.sampling, "reward": reward}
 
 
 def finish_evaluation(db: Database, evaluation_id: str, items: list[dict]) -> None:

@@ -1,12 +1,18 @@
-"""Uploaded JSONL datasets: streamed to disk under a size cap and the tenant's quota,
-validated line by line (one line in memory at a time), then moved into place as
-`<artifacts>/files/<id>.jsonl` and recorded. A spec names one as `file:<id>`. A rejected
-or interrupted upload leaves neither a file nor a row behind; a crashed process's partial
-files are swept when the API starts.
+"""Uploaded files: streamed to disk under a size cap and the tenant's quota, validated,
+then moved into place and recorded. A spec names one as `file:<id>`. A rejected or
+interrupted upload leaves neither a file nor a row behind; a crashed process's partial
+files are swept when the API starts. Two purposes:
+
+- `dataset`: JSONL records, validated line by line (one line in memory at a time), stored
+  as `<artifacts>/files/<id>.jsonl`;
+- `grader`: a python file defining `reward(completions, **columns)` (TRL's signature),
+  checked by parsing only (never executed here), stored as `<artifacts>/files/<id>.py` and
+  run by workers in a sandbox (workers/trainer/sandbox.py).
 """
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import hashlib
 import os
@@ -28,9 +34,29 @@ INCOMING = ".incoming"  # partial uploads, under artifacts/files
 MAX_LINE_BYTES = 16 * 1024 * 1024  # one record's line; validation holds at most this much of the file
 
 
-def file_path(artifacts_dir: Path, file_id: str) -> Path:
+PURPOSES = ("dataset", "grader")
+_SUFFIX = {"dataset": ".jsonl", "grader": ".py"}
+
+
+def file_path(artifacts_dir: Path, file_id: str, purpose: str = "dataset") -> Path:
     """Where an accepted upload lives (the trainer reads `file:<id>` from here)."""
-    return artifacts_dir / "files" / f"{file_id}.jsonl"
+    return artifacts_dir / "files" / f"{file_id}{_SUFFIX[purpose]}"
+
+
+def check_grader_source(data: bytes) -> None:
+    """A grader upload must be UTF-8 python that defines a top-level `reward` function.
+
+    Parsed with `ast` only: user code is never executed outside the sandbox.
+    """
+    try:
+        tree = ast.parse(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidInput("grader: the file is not UTF-8 text") from None
+    except SyntaxError as error:
+        raise InvalidInput(f"grader: line {error.lineno}: syntax error: {error.msg}") from None
+    defined = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    if "reward" not in defined:
+        raise InvalidInput("grader: define a top-level `def reward(completions: list[str], **columns) -> list[float]`")
 
 
 class Upload:
@@ -41,8 +67,10 @@ class Upload:
     dead process's leftover from another process's upload in progress.
     """
 
-    def __init__(self, artifacts_dir: Path, max_bytes: int, quota: Quota | None = None):
+    def __init__(self, artifacts_dir: Path, max_bytes: int, quota: Quota | None = None,
+                 purpose: str = "dataset"):
         self.artifacts_dir = artifacts_dir
+        self.purpose = purpose
         self.max_bytes = max_bytes
         self.quota = quota
         self.size = 0
@@ -84,13 +112,13 @@ class Upload:
             self._out.flush()
             records = self._validate(filename)
             row = File(id=uuid.uuid4().hex, tenant_id=tenant_id, filename=filename[:255], bytes=self.size,
-                       records=records, sha256=self._sha.hexdigest())
+                       records=records, sha256=self._sha.hexdigest(), purpose=self.purpose)
             with db.transaction() as session:
                 if self.quota is not None:
                     self.quota.check(session, tenant_id, self.size)
                 session.add(row)
                 session.flush()
-                target = file_path(self.artifacts_dir, row.id)
+                target = file_path(self.artifacts_dir, row.id, self.purpose)
                 os.replace(self._part, target)  # the row commits next; if it fails, the file goes
             return file_view(row)
         except BaseException:
@@ -101,6 +129,13 @@ class Upload:
             self.discard()
 
     def _validate(self, filename: str) -> int:
+        """Records in a dataset (0 for a grader); raises InvalidInput naming the file."""
+        if self.purpose == "grader":
+            try:
+                check_grader_source(self._part.read_bytes())
+            except InvalidInput as error:
+                raise InvalidInput(f"{filename}: {error}") from error
+            return 0
         try:
             with self._part.open("rb") as lines:
                 return validate_jsonl(_bounded_lines(lines, MAX_LINE_BYTES))
@@ -131,7 +166,7 @@ class Quota:
 
 
 def start_upload(db: Database, tenant_id: str, artifacts_dir: Path, max_bytes: int, tenant_limit: int,
-                 declared_bytes: int | None = None) -> Upload:
+                 declared_bytes: int | None = None, purpose: str = "dataset") -> Upload:
     """Begin an upload for a tenant; raises TooManyRequests at once when the declared size
     (Content-Length) passes what is left of the tenant's quota (`tenant_limit` 0: none)."""
     quota = None
@@ -140,7 +175,7 @@ def start_upload(db: Database, tenant_id: str, artifacts_dir: Path, max_bytes: i
             quota = Quota(tenant_limit, tenant_limit - _stored_bytes(session, tenant_id))
         if declared_bytes is not None and declared_bytes > quota.left:
             raise quota.exceeded(declared_bytes)
-    return Upload(artifacts_dir, max_bytes, quota)
+    return Upload(artifacts_dir, max_bytes, quota, purpose)
 
 
 def delete_file(db: Database, artifacts_dir: Path, tenant_id: str, file_id: str) -> None:
@@ -162,8 +197,9 @@ def delete_file(db: Database, artifacts_dir: Path, tenant_id: str, file_id: str)
         if users:
             raise Conflict(f"file {file_id} is used by queued or running work ({', '.join(users[:5])}); "
                            "cancel it or wait until it ends, then delete the file")
+        purpose = row.purpose or "dataset"
         session.delete(row)
-    file_path(artifacts_dir, file_id).unlink(missing_ok=True)
+    file_path(artifacts_dir, file_id, purpose).unlink(missing_ok=True)
 
 
 def sweep_incoming(artifacts_dir: Path) -> int:
@@ -214,5 +250,6 @@ def file_view(row: File) -> dict:
         "bytes": row.bytes,
         "records": row.records,
         "sha256": row.sha256,
+        "purpose": row.purpose or "dataset",
         "created_at": row.created_at,
     }

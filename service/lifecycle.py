@@ -353,19 +353,24 @@ def _job_for_key(session: Session, tenant_id: str, key: str | None, spec_hash: s
 
 
 def _check_files(session: Session, tenant_id: str, spec: JobSpec) -> None:
-    """Every `file:<id>` dataset must be one of this tenant's uploads."""
+    """Every `file:<id>` dataset must be one of this tenant's dataset uploads, every python
+    grader's file one of its grader uploads."""
     d = spec.datasets
     sources = {"datasets.sft": d.sft, "datasets.rl": d.rl, "datasets.validation": d.validation}
     sources.update({f"datasets.eval.{i}": source for i, source in enumerate(d.eval)})
-    wanted = {where: s.source.removeprefix("file:") for where, s in sources.items() if s.source.startswith("file:")}
+    wanted = {f"{where}.source": ("dataset", s.source) for where, s in sources.items() if s.source.startswith("file:")}
+    wanted.update({f"reward.{i}.file": ("grader", g.file) for i, g in enumerate(spec.reward) if g.kind == "python"})
     if not wanted:
         return
-    owned = set(session.scalars(select(File.id).where(File.tenant_id == tenant_id, File.id.in_(wanted.values()))))
-    problems = [
-        f"{where}.source: file:{file_id} is not one of your uploaded files (upload it with POST /files)"
-        for where, file_id in wanted.items()
-        if file_id not in owned
-    ]
+    ids = [ref.removeprefix("file:") for _, ref in wanted.values()]
+    owned = dict(session.execute(select(File.id, File.purpose).where(File.tenant_id == tenant_id, File.id.in_(ids))).all())
+    problems = []
+    for where, (purpose, ref) in wanted.items():
+        file_id = ref.removeprefix("file:")
+        if file_id not in owned:
+            problems.append(f"{where}: {ref} is not one of your uploaded files (upload it with POST /files)")
+        elif (owned[file_id] or "dataset") != purpose:
+            problems.append(f"{where}: {ref} was uploaded as a {owned[file_id]}, not a {purpose} (POST /files?purpose={purpose})")
     if problems:
         raise InvalidInput("; ".join(problems), problems)
 

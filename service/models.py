@@ -166,4 +166,6 @@ class File(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     records: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
+    # dataset (JSONL records, `<id>.jsonl`) or grader (python reward function, `<id>.py`)
+    purpose: Mapped[str] = mapped_column(String(16), default="dataset", server_default="dataset")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -4,11 +4,20 @@ A record is a JSON object
 
     {"prompt": "..." or [{"role": "system" | "user" | "assistant", "content": "..."}, ...],
      "completion": "expert solution, used by the SFT loss",            (optional)
-     "answer": "ground truth, used by the verifier" or a number}        (optional)
+     "answer": "ground truth, used by math_verify" or a number,        (optional)
+     "<any other field>": any JSON value}                              (optional)
 
-with at least one of `completion` and `answer`. Unknown keys are rejected so a typo such
-as "anwser" is reported instead of silently training without answers. Numeric answers are
-normalised to strings ("14", "2.5"; 14.0 becomes "14").
+with at least one field beside the prompt. Extra fields (`label`, `ground_truth`, `tests`,
+...) reach every grader as columns; whether a field a grader reads is present is checked
+when a job loads its data (workers/trainer/data.require_fields), since only the job's
+spec says which graders read what. Numeric answers are normalised to strings ("14",
+"2.5"; 14.0 becomes "14").
+
+Two chat forms are accepted as well and turned into this shape:
+- OpenAI / TRL conversational: {"messages": [..., {"role": "assistant", ...}], ...}: the
+  prompt is every message before the last assistant turn, the completion is that turn;
+- TRL's conversational prompt/completion: {"prompt": [messages], "completion":
+  [{"role": "assistant", "content": ...}]}.
 
 Pure Python on purpose: the API validates uploads with it and must not import torch.
 """
@@ -17,10 +26,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Iterable, Iterator
 
-ALLOWED_KEYS = ("prompt", "completion", "answer")
+CORE_KEYS = ("prompt", "completion", "answer")
 CHAT_ROLES = ("system", "user", "assistant")
+# Keys a chat message may carry (OpenAI's fine-tuning format adds `name` and `weight`);
+# only role and content are kept.
+MESSAGE_KEYS = {"role", "content", "name", "weight"}
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # fullmatch
+# Column names the grader call itself uses (TRL's convention): a record may not shadow them.
+RESERVED_FIELDS = {"prompts", "completions", "messages"}
 
 
 class RecordError(ValueError):
@@ -42,23 +58,61 @@ def parse_record(obj: object, line_no: int) -> dict:
 
     if not isinstance(obj, dict):
         raise fail(f"a record must be a JSON object, got {_json_type(obj)}")
-    unknown = sorted(str(key) for key in obj if key not in ALLOWED_KEYS)
-    if unknown:
-        names = ", ".join(repr(key) for key in unknown)
-        raise fail(f"unknown key(s) {names}; allowed keys are prompt, completion, answer")
+    if "messages" in obj:
+        obj = _from_messages(obj, fail)
+    bad = sorted(str(key) for key in obj if key not in CORE_KEYS and (not FIELD_NAME.fullmatch(str(key)) or key in RESERVED_FIELDS))
+    if bad:
+        names = ", ".join(repr(key) for key in bad)
+        raise fail(f"field name(s) {names} not allowed: use letters, digits and _ (not prompts, completions, messages)")
     if "prompt" not in obj:
-        raise fail("'prompt' is required")
+        raise fail("'prompt' (or 'messages') is required")
     record: dict = {"prompt": _check_prompt(obj["prompt"], fail)}
     if obj.get("completion") is not None:
-        completion = obj["completion"]
-        if not isinstance(completion, str) or not completion.strip():
-            raise fail("'completion' must be a non-empty string")
-        record["completion"] = completion
+        record["completion"] = _check_completion(obj["completion"], fail)
     if obj.get("answer") is not None:
         record["answer"] = _normalise_answer(obj["answer"], fail)
-    if "completion" not in record and "answer" not in record:
-        raise fail("a record needs a 'completion' (expert solution), an 'answer', or both")
+    record.update({key: value for key, value in obj.items() if key not in CORE_KEYS and value is not None})
+    if len(record) == 1:
+        raise fail("a record needs a 'completion' (expert solution), an 'answer' or another field for the graders")
     return record
+
+
+def _from_messages(obj: dict, fail) -> dict:
+    """{"messages": [...], extra...} as {"prompt": [...], "completion": "...", extra...}."""
+    if "prompt" in obj or "completion" in obj:
+        raise fail("use either 'messages' or 'prompt'/'completion', not both")
+    messages = obj["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise fail("'messages' must be a non-empty list of chat messages")
+    last = max((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "assistant"), default=None)
+    if last is None:
+        raise fail("'messages' needs an assistant turn (the expert completion)")
+    if last != len(messages) - 1:
+        raise fail("'messages' must end with the assistant turn (the expert completion)")
+    if last == 0:
+        raise fail("'messages' needs at least one message before the assistant turn (the prompt)")
+    record = {key: value for key, value in obj.items() if key != "messages"}
+    record["prompt"] = messages[:last]
+    record["completion"] = _message_content(messages[last], f"'messages'[{last}]", fail)
+    return record
+
+
+def _check_completion(completion: object, fail) -> str:
+    if isinstance(completion, list):  # TRL conversational: [{"role": "assistant", "content": ...}]
+        if len(completion) != 1 or not isinstance(completion[0], dict) or completion[0].get("role") != "assistant":
+            raise fail("'completion' as a list must be one assistant message")
+        completion = _message_content(completion[0], "'completion'[0]", fail)
+    if not isinstance(completion, str) or not completion.strip():
+        raise fail("'completion' must be a non-empty string (or one assistant message)")
+    return completion
+
+
+def _message_content(message: object, where: str, fail) -> str:
+    if not isinstance(message, dict) or not {"role", "content"} <= set(message) or set(message) - MESSAGE_KEYS:
+        raise fail(f"{where} must be an object with 'role' and 'content' (and optionally 'name', 'weight')")
+    if not isinstance(message["content"], str) or not message["content"].strip():
+        raise fail(f"{where}.content must be a non-empty string")
+    return message["content"]
 
 
 def parse_jsonl(lines: Iterable[bytes | str | None], max_errors: int = 20) -> list[dict]:
@@ -118,13 +172,13 @@ def _check_prompt(prompt: object, fail) -> str | list[dict]:
         raise fail(message)
     for index, message_obj in enumerate(prompt):
         where = f"'prompt'[{index}]"
-        if not isinstance(message_obj, dict) or set(message_obj) != {"role", "content"}:
-            raise fail(f"{where} must be an object with exactly 'role' and 'content'")
+        if not isinstance(message_obj, dict) or not {"role", "content"} <= set(message_obj) or set(message_obj) - MESSAGE_KEYS:
+            raise fail(f"{where} must be an object with 'role' and 'content' (and optionally 'name', 'weight')")
         if message_obj["role"] not in CHAT_ROLES:
             raise fail(f"{where}.role must be one of system, user, assistant")
         if not isinstance(message_obj["content"], str):
             raise fail(f"{where}.content must be a string")
-    return [dict(message_obj) for message_obj in prompt]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
 
 
 def _normalise_answer(answer: object, fail) -> str:

@@ -120,6 +120,16 @@ class Settings(BaseSettings):
     db_idle_in_transaction_seconds: float = Field(
         60.0, description="PostgreSQL ends a session idle inside a transaction this long (a frozen process's row locks)."
     )
+    # Graders (issue 15): the python grader's sandbox.
+    grader_sandbox: Literal["auto", "bwrap", "rlimit"] = Field(
+        "auto",
+        description="How python graders are isolated: bwrap (bubblewrap namespaces + rlimits), rlimit "
+        "(a fresh process with rlimits, empty env and a temp cwd only) or auto (bwrap when it works).",
+    )
+    grader_timeout_seconds: float = Field(10.0, description="Wall-clock limit of one python grader call.")
+    grader_cpu_seconds: int = Field(10, description="CPU-time rlimit of one python grader call.")
+    grader_memory_mb: int = Field(512, description="Address-space rlimit of one python grader call, in MiB.")
+    grader_max_processes: int = Field(16, description="Process-count rlimit inside a python grader's sandbox.")
 
     @property
     def resolved_database_url(self) -> str:

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from service.grader_specs import GraderSpec, MathVerifyGrader, as_grader_list, check_graders
 from service.settings import get_settings
 
 Method = Literal["amft", "sft", "grpo", "sft_then_grpo", "fixed", "chord"]
@@ -26,7 +27,7 @@ MODEL_SOURCE = re.compile(
     r"|hub:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}"  # a hub id
 )
 DATA_SOURCE = re.compile(
-    r"builtin:arithmetic|gsm8k|svamp"
+    r"builtin:arithmetic|builtin:json_extract|gsm8k|svamp"
     r"|file:[0-9a-f]{32}"  # an uploaded JSONL file, by id
     r"|hf:.*",  # checked by hub_dataset_problem
     re.DOTALL,
@@ -93,7 +94,7 @@ class DataSourceSpec(Strict):
     def _known_source(cls, value: str) -> str:
         if not DATA_SOURCE.fullmatch(value):
             raise ValueError(
-                "must be builtin:arithmetic, gsm8k, svamp, file:<32-hex file id> or hf:<org>/<name>"
+                "must be builtin:arithmetic, builtin:json_extract, gsm8k, svamp, file:<32-hex file id> or hf:<org>/<name>"
             )
         if value.startswith("hf:") and (problem := hub_dataset_problem(value.removeprefix("hf:"))):
             raise ValueError(problem)
@@ -121,17 +122,6 @@ class DatasetsSpec(Strict):
         default_factory=lambda: [DataSourceSpec(split="id"), DataSourceSpec(split="ood")],
         max_length=8,
         description="Splits scored by greedy accuracy every eval_every steps.",
-    )
-
-
-class RewardSpec(Strict):
-    """The verifier that turns a completion into a reward."""
-
-    kind: Literal["math_verify"] = Field(
-        "math_verify", description="Answer equivalence with math-verify on the extracted answer."
-    )
-    format_weight: float = Field(
-        0.0, ge=0.0, le=1.0, description="Extra reward for an explicitly marked answer (\\boxed or ####)."
     )
 
 
@@ -183,6 +173,10 @@ class TrainingSpec(Strict):
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Training precision.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
     lora: LoraSpec | None = Field(None, description="Train LoRA adapters instead of all weights.")
+    chat_template: str | None = Field(
+        None, max_length=20_000,
+        description="Jinja chat template for chat prompts, replacing the tokenizer's own (saved with checkpoints).",
+    )
 
 
 class ControllerSpec(Strict):
@@ -233,7 +227,10 @@ class JobSpec(Strict):
         description="builtin:tiny | builtin:smollm2-135m | local:<folder in AMFT_MODELS_DIR> | hub:<org/name>.",
     )
     datasets: DatasetsSpec = Field(default_factory=DatasetsSpec, description="SFT, RL, validation and eval data.")
-    reward: RewardSpec = Field(default_factory=RewardSpec, description="The verifier.")
+    reward: list[GraderSpec] = Field(
+        default_factory=lambda: [MathVerifyGrader()], max_length=16,
+        description="Weighted graders (service/grader_specs.py); default [math_verify]. One object is read as a list of one.",
+    )
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation and sampling.")
     controller: ControllerSpec = Field(default_factory=ControllerSpec, description="The mu schedule.")
 
@@ -245,6 +242,16 @@ class JobSpec(Strict):
                 "must be builtin:tiny, builtin:smollm2-135m, local:<folder name> or hub:<org/name>"
             )
         return value
+
+    @field_validator("reward", mode="before")
+    @classmethod
+    def _reward_list(cls, value: object) -> object:
+        return as_grader_list(value)
+
+    @field_validator("reward")
+    @classmethod
+    def _reward_checked(cls, value: list) -> list:
+        return check_graders(value)
 
     @model_validator(mode="after")
     def _within_limits(self) -> JobSpec:

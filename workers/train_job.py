@@ -77,7 +77,12 @@ class Watch:
         self._thread = threading.Thread(target=self._beat, args=(heartbeat_seconds,), daemon=True, name="heartbeat")
 
     def hooks(self) -> TrainerHooks:
-        return TrainerHooks(on_metrics=self.on_metrics, on_checkpoint=self.on_checkpoint, should_stop=self.should_stop)
+        return TrainerHooks(on_metrics=self.on_metrics, on_checkpoint=self.on_checkpoint, should_stop=self.should_stop,
+                            on_event=self.on_event)
+
+    def on_event(self, kind: str, message: str) -> None:
+        self._check_fenced()
+        retrying(lambda: lifecycle.note(self.db, self.held, kind, message[:4000]), self.retry_for)
 
     def on_metrics(self, point: dict) -> None:
         self._check_fenced()

@@ -1,8 +1,9 @@
-"""Dataset uploads: JSONL as the raw request body, validated line by line."""
+"""Uploads: JSONL datasets validated line by line, and python grader files (parsed, never run here)."""
 
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -22,14 +23,19 @@ async def upload_file(
     request: Request,
     who: Principal = Depends(principal),
     filename: str = Query("upload.jsonl", description="A name to recognise the file by."),
+    purpose: Literal["dataset", "grader"] = Query(
+        "dataset", description="dataset: JSONL records; grader: a python file defining reward(completions, **columns)."
+    ),
 ) -> dict:
     """Upload a JSONL dataset (one record per line) as the raw body, e.g.
     `curl --data-binary @train.jsonl -H 'Content-Type: application/jsonl' .../files?filename=train.jsonl`.
-    Use the returned `source` (`file:<id>`) in a job spec."""
+    Use the returned `source` (`file:<id>`) in a job spec: as a dataset, or with
+    `purpose=grader` as a python grader's `file`."""
     settings, db = request.app.state.settings, request.app.state.db
     declared = _check_request(request, filename, settings.max_upload_bytes)
     upload = await run_in_threadpool(start_upload, db, who.tenant_id, settings.resolved_artifacts_dir,
-                                     settings.max_upload_bytes, settings.max_upload_bytes_per_tenant, declared)
+                                     settings.max_upload_bytes, settings.max_upload_bytes_per_tenant, declared,
+                                     purpose)
     try:
         async for chunk in request.stream():  # the cap is enforced as bytes arrive
             upload.write(chunk)

@@ -41,7 +41,8 @@ def test_upload_list_and_use(small_cap_api):
     "content, expected",
     [
         (b"prompt,answer\nWhat is 1+1?,2\n", "line 1"),
-        (GOOD + b'{"prompt": "x", "anwser": "1"}\n', "line 3"),
+        (GOOD + b'{"prompt": "x"}\n', "line 3"),
+        (GOOD + b'{"prompt": "x", "an swer": "1"}\n', "line 3"),
         (b"", "no records"),
         (b"\xff\xfe not utf-8\n", "line 1"),
     ],
@@ -64,3 +65,23 @@ def test_oversized_uploads_are_refused_while_streaming(small_cap_api):
         multipart = client.post("/files", files={"file": ("train.jsonl", GOOD)})
         assert multipart.status_code == 422 and "--data-binary" in multipart.json()["detail"]
         assert client.get("/files").json()["files"] == [] and stored_files(small_cap_api) == []
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"def score(completions, **kw):\n    return []\n", "define a top-level `def reward"),
+        (b"def reward(completions, **kw):\n    return [\n", "line 2: syntax error"),
+        (b"\xff\xfe", "not UTF-8"),
+    ],
+)
+def test_grader_uploads_are_parsed_never_run(small_cap_api, content, expected):
+    with small_cap_api.client(small_cap_api.key("alice")) as client:
+        response = client.post("/files", params={"purpose": "grader", "filename": "g.py"}, content=content)
+        assert response.status_code == 422 and expected in response.text, response.text
+        assert stored_files(small_cap_api) == []
+        good = b"import os\nos.system('touch /tmp/never')\ndef reward(completions, **kw):\n    return [1.0] * len(completions)\n"
+        response = client.post("/files", params={"purpose": "grader", "filename": "g.py"}, content=good)
+        assert response.status_code == 201, response.text
+        assert response.json()["purpose"] == "grader" and response.json()["records"] == 0
+        assert stored_files(small_cap_api) == [f"{response.json()['id']}.py"]

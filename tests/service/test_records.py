@@ -22,15 +22,23 @@ def test_valid_records_are_normalised():
     [
         ([1, 2], "line 3: a record must be a JSON object, got an array"),
         ({"prompt": 5, "answer": "1"}, "line 3: 'prompt' must be a string or a list of chat messages"),
-        ({"answer": "1"}, "line 3: 'prompt' is required"),
-        ({"prompt": "q"}, "line 3: a record needs a 'completion' (expert solution), an 'answer', or both"),
-        ({"prompt": "q", "anwser": "1"}, "line 3: unknown key(s) 'anwser'; allowed keys are prompt, completion, answer"),
+        ({"answer": "1"}, "line 3: 'prompt' (or 'messages') is required"),
+        ({"prompt": "q"}, "line 3: a record needs a 'completion' (expert solution), an 'answer' or another field for the graders"),
+        ({"prompt": "q", "an swer": "1"}, "line 3: field name(s) 'an swer' not allowed: use letters, digits and _ (not prompts, completions, messages)"),
+        ({"prompt": "q", "completions": "1"}, "line 3: field name(s) 'completions' not allowed: use letters, digits and _ (not prompts, completions, messages)"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, "line 3: 'messages' needs an assistant turn (the expert completion)"),
+        ({"messages": [{"role": "assistant", "content": "hi"}]}, "line 3: 'messages' needs at least one message before the assistant turn (the prompt)"),
+        ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]},
+         "line 3: 'messages' must end with the assistant turn (the expert completion)"),
+        ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "prompt": "x"},
+         "line 3: use either 'messages' or 'prompt'/'completion', not both"),
+        ({"prompt": "q", "completion": [{"role": "user", "content": "x"}]}, "line 3: 'completion' as a list must be one assistant message"),
         ({"prompt": "q", "answer": True}, "line 3: 'answer' must be a string or a number"),
         ({"prompt": "q", "answer": float("nan")}, "line 3: 'answer' must be a finite number"),
-        ({"prompt": "q", "completion": 3}, "line 3: 'completion' must be a non-empty string"),
+        ({"prompt": "q", "completion": 3}, "line 3: 'completion' must be a non-empty string (or one assistant message)"),
         ({"prompt": "", "answer": "1"}, "line 3: 'prompt' must not be empty"),
         ({"prompt": [{"role": "bot", "content": "hi"}], "answer": "1"}, "line 3: 'prompt'[0].role must be one of system, user, assistant"),
-        ({"prompt": [{"role": "user"}], "answer": "1"}, "line 3: 'prompt'[0] must be an object with exactly 'role' and 'content'"),
+        ({"prompt": [{"role": "user"}], "answer": "1"}, "line 3: 'prompt'[0] must be an object with 'role' and 'content' (and optionally 'name', 'weight')"),
     ],
 )
 def test_invalid_records_name_line_and_problem(obj, message):
@@ -92,3 +100,29 @@ def test_records_module_does_not_import_torch():
 def test_round_trip_through_json():
     record = {"prompt": "q", "completion": "c #### 1", "answer": "1"}
     assert parse_jsonl([json.dumps(record)]) == [record]
+
+
+def test_extra_fields_are_kept_for_the_graders():
+    record = parse_record({"prompt": "q", "label": "spam", "tests": ["assert f(1) == 2"], "score": 3}, 1)
+    assert record == {"prompt": "q", "label": "spam", "tests": ["assert f(1) == 2"], "score": 3}
+
+
+def test_openai_messages_become_prompt_and_completion():
+    obj = {
+        "messages": [
+            {"role": "system", "content": "Extract JSON."},
+            {"role": "user", "content": "Tom is 7.", "name": "u1"},
+            {"role": "assistant", "content": '{"name": "Tom"}', "weight": 1},
+        ],
+        "name": "Tom",
+    }
+    assert parse_record(obj, 1) == {
+        "prompt": [{"role": "system", "content": "Extract JSON."}, {"role": "user", "content": "Tom is 7."}],
+        "completion": '{"name": "Tom"}',
+        "name": "Tom",
+    }
+
+
+def test_trl_conversational_prompt_completion():
+    obj = {"prompt": [{"role": "user", "content": "2+2?"}], "completion": [{"role": "assistant", "content": "#### 4"}], "answer": 4}
+    assert parse_record(obj, 1) == {"prompt": [{"role": "user", "content": "2+2?"}], "completion": "#### 4", "answer": "4"}

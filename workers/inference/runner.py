@@ -58,7 +58,7 @@ EVAL_CHUNK = 32  # prompts per generate call: large enough to batch, small enoug
 
 
 def run_evaluation(evaluation_id: str, settings: Settings | None = None) -> str:
-    """Generate for every dataset item, score with the training verifier, store results."""
+    """Generate for every dataset item, score with the job's graders, store results."""
     from service import evaluations
     from service.db import get_database
 
@@ -81,12 +81,16 @@ def run_evaluation(evaluation_id: str, settings: Settings | None = None) -> str:
 
 
 def _score(work: dict, settings: Settings) -> list[dict]:
+    from service.grader_specs import parse_graders
     from service.specs import DataSourceSpec
-    from workers.trainer.data import DatasetError, load_records, require_answers
-    from workers.trainer.rewards import extract_answer, is_correct
+    from workers.trainer.data import DatasetError, load_records, require_fields
+    from workers.trainer.graders import Scorer
+    from workers.trainer.rewards import extract_answer
 
+    failures: list[str] = []
+    scorer = Scorer(parse_graders(work.get("reward")), on_failure=lambda _name, message: failures.append(message))
     try:
-        records = require_answers(load_records(DataSourceSpec(**work["dataset"]), settings), "evaluation")
+        records = require_fields(load_records(DataSourceSpec(**work["dataset"]), settings), scorer.fields_read(), "evaluation")
     except DatasetError as error:
         raise InferenceError("invalid", str(error)) from None
     key = model_key({"kind": "checkpoint", "job_id": work["job_id"], "step": work["step"]})
@@ -96,12 +100,16 @@ def _score(work: dict, settings: Settings) -> list[dict]:
     for start in range(0, len(records), EVAL_CHUNK):
         chunk = records[start : start + EVAL_CHUNK]
         results = cache.generate(key, [r["prompt"] for r in chunk], sampling)
+        texts = [result.completions[0].text for result in results]
+        scored = scorer.score(texts, chunk)
+        if failures:  # a grader that cannot score makes the accuracy meaningless: say why
+            raise InferenceError("invalid", failures[0])
         for offset, (record, result) in enumerate(zip(chunk, results)):
             completion = result.completions[0]
             items.append({
-                "index": start + offset, "prompt": record["prompt"], "answer": record["answer"],
+                "index": start + offset, "prompt": record["prompt"], "answer": record.get("answer"),
                 "output": completion.text, "extracted": extract_answer(completion.text),
-                "correct": is_correct(completion.text, record["answer"]),
+                "correct": bool(scored.correct[offset]), "reward": scored.rewards[offset],
                 "finish_reason": completion.finish_reason, "tokens": completion.tokens,
             })
     return items

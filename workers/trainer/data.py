@@ -3,6 +3,7 @@
 Sources (`DataSourceSpec.source`, validated in service/specs.py):
 
 - `builtin:arithmetic`: seeded multi-step word problems, see `arithmetic_split`.
+- `builtin:json_extract`: seeded texts to extract into JSON (workers/trainer/json_extract.py).
 - `gsm8k`: `<datasets_dir>/gsm8k/{train,test}.jsonl`, through `gsm8k_record`.
 - `svamp`: `<datasets_dir>/svamp/SVAMP.json`. It has no train/test division, so the whole
   file is the single split `test`; it serves as out-of-distribution evaluation. Problems
@@ -11,8 +12,8 @@ Sources (`DataSourceSpec.source`, validated in service/specs.py):
   spec's split is ignored.
 - `hf:<org>/<name>`: `datasets.load_dataset(id, split=split)` for hub ids only (never a
   packaged builder, path, glob or data_files); honours HF_DATASETS_OFFLINE and
-  HF_HUB_OFFLINE. Rows need `question`/`answer` (GSM8K style) or `prompt` plus
-  `completion` and/or `answer` columns.
+  HF_HUB_OFFLINE. Rows need `question`/`answer` (GSM8K style), `messages` (chat) or
+  `prompt` plus `completion`, `answer` or other grader columns (service/records.py).
 
 `BatchStream` then serves seeded, resumable batches from a list of records.
 """
@@ -33,8 +34,9 @@ from service.settings import Settings
 from service.specs import DataSourceSpec, hub_dataset_problem
 
 
-class Record(TypedDict):
-    """One example. `prompt` is text or chat messages ({"role", "content"} dicts)."""
+class Record(TypedDict, total=False):
+    """One example. `prompt` is text or chat messages ({"role", "content"} dicts); any
+    other key is a field the graders read as a column (service/records.py)."""
 
     prompt: str | list[dict[str, str]]
     completion: NotRequired[str]  # expert solution ending in "#### n", for SFT
@@ -50,6 +52,13 @@ def load_records(source: DataSourceSpec, settings: Settings) -> list[Record]:
     name = source.source
     if name == "builtin:arithmetic":
         records = [dict(record) for record in arithmetic_split(source.split)]
+    elif name == "builtin:json_extract":
+        from workers.trainer.json_extract import JsonExtractError, json_extract_split
+
+        try:
+            records = [dict(record) for record in json_extract_split(source.split)]
+        except JsonExtractError as error:
+            raise DatasetError(str(error)) from None
     elif name == "gsm8k":
         records = _load_gsm8k(settings.datasets_dir, source.split)
     elif name == "svamp":
@@ -66,16 +75,23 @@ def load_records(source: DataSourceSpec, settings: Settings) -> list[Record]:
 
 
 def require_answers(records: list[Record], purpose: str) -> list[Record]:
-    """Return `records` if every one has an answer, else a DatasetError naming `purpose`.
+    """Return `records` if every one has an answer, else a DatasetError naming `purpose`."""
+    return require_fields(records, {"answer"}, purpose)
 
-    RL rewards, the reward utility and evaluation all need ground truth; SFT does not.
+
+def require_fields(records: list[Record], fields: set[str], purpose: str) -> list[Record]:
+    """Return `records` if every one has each field the graders read, else a DatasetError.
+
+    RL rewards, the reward utility and evaluation need what their graders read (`answer`
+    for math_verify, any field for the others); SFT does not.
     """
-    missing = [index for index, record in enumerate(records) if not record.get("answer")]
-    if missing:
-        raise DatasetError(
-            f"{purpose} needs an 'answer' on every record, but {len(missing)} of "
-            f"{len(records)} have none (first: record {missing[0] + 1})"
-        )
+    for name in sorted(fields):
+        missing = [index for index, record in enumerate(records) if record.get(name) in (None, "")]
+        if missing:
+            raise DatasetError(
+                f"{purpose} needs {name!r} on every record (a grader reads it), but {len(missing)} of "
+                f"{len(records)} have none (first: record {missing[0] + 1})"
+            )
     return records
 
 
@@ -339,18 +355,17 @@ def records_from_rows(rows, source_name: str) -> list[Record]:
     columns = set(getattr(rows, "column_names", None) or (rows[0].keys() if len(rows) else ()))
     if {"question", "answer"} <= columns:
         return [gsm8k_record(row) for row in rows]
-    if "prompt" in columns and columns & {"completion", "answer"}:
-        keep = [key for key in ("prompt", "completion", "answer") if key in columns]
+    if "prompt" in columns or "messages" in columns:
         try:
             return [
-                parse_record({key: row[key] for key in keep if row[key] is not None}, index)
+                parse_record({key: value for key, value in dict(row).items() if value is not None}, index)
                 for index, row in enumerate(rows, start=1)
             ]
         except RecordError as error:
             raise DatasetError(f"{source_name}: row {error}") from None
     raise DatasetError(
-        f"{source_name} needs question/answer columns or prompt with completion and/or "
-        f"answer columns; it has {', '.join(sorted(columns)) or 'none'}"
+        f"{source_name} needs question/answer columns, a messages column, or a prompt column with "
+        f"completion, answer or grader fields; it has {', '.join(sorted(columns)) or 'none'}"
     )
 
 

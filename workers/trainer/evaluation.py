@@ -1,21 +1,22 @@
-"""Greedy accuracy on held-out splits, scored by the training verifier."""
+"""Greedy accuracy on held-out splits, scored by the job's graders (the training reward)."""
 
 from __future__ import annotations
 
+from service.grader_specs import MathVerifyGrader
 from service.specs import JobSpec, TrainingSpec
 from workers.trainer.batching import encode_prompt
-from workers.trainer.data import load_records, require_answers
+from workers.trainer.data import load_records, require_fields
+from workers.trainer.graders import Scorer
 from workers.trainer.hooks import Metrics
-from workers.trainer.rewards import is_correct
 from workers.trainer.rollout import RolloutEngine
 
 
-def load_eval_sets(spec: JobSpec, settings) -> dict[str, list[dict]]:
+def load_eval_sets(spec: JobSpec, settings, fields: set[str] = frozenset({"answer"})) -> dict[str, list[dict]]:
     """The spec's eval splits by label, each cut to training.eval_limit items."""
     sets = {}
     for source in spec.datasets.eval:
         records = load_records(source, settings)[: spec.training.eval_limit]
-        require_answers(records, f"datasets.eval ({source.label})")
+        require_fields(records, set(fields), f"datasets.eval ({source.label})")
         sets[source.label] = records
     return sets
 
@@ -27,11 +28,16 @@ def greedy_completions(engine: RolloutEngine, tokenizer, records: list[dict], tr
     return tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
-def evaluate_splits(engine: RolloutEngine, tokenizer, eval_sets: dict[str, list[dict]], training: TrainingSpec) -> Metrics:
-    """{"eval_accuracy_<label>": fraction of records answered correctly} for every split."""
+def evaluate_splits(
+    engine: RolloutEngine, tokenizer, eval_sets: dict[str, list[dict]], training: TrainingSpec, scorer: Scorer | None = None
+) -> Metrics:
+    """{"eval_accuracy_<label>": fraction of records every grader gave full marks} per split,
+    plus "eval_reward_<label>" (the mean combined reward)."""
+    scorer = scorer or Scorer([MathVerifyGrader()])
     metrics: Metrics = {}
     for label, records in eval_sets.items():
         texts = greedy_completions(engine, tokenizer, records, training)
-        correct = sum(is_correct(text, r["answer"]) for text, r in zip(texts, records))
-        metrics[f"eval_accuracy_{label}"] = correct / max(len(records), 1)
+        scored = scorer.score(texts, records)
+        metrics[f"eval_accuracy_{label}"] = sum(scored.correct) / max(len(records), 1)
+        metrics[f"eval_reward_{label}"] = sum(scored.rewards) / max(len(records), 1)
     return metrics

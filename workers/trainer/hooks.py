@@ -24,11 +24,14 @@ class TrainerHooks:
     on_metrics(point): after every step, with the step's metrics (see loop.py for names).
     on_checkpoint(step, path): after a checkpoint folder was atomically renamed into place.
     should_stop(): checked once per step; True makes the loop save a checkpoint and return.
+    on_event(kind, message): something the user should see that is not a metric (e.g. a
+        grader failed on a batch); recorded as a job event.
     """
 
     on_metrics: Callable[[Metrics], None] = field(default=_ignore)
     on_checkpoint: Callable[[int, Path], None] = field(default=_ignore)
     should_stop: Callable[[], bool] = field(default=_never)
+    on_event: Callable[[str, str], None] = field(default=_ignore)
 
 
 @dataclass

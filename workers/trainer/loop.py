@@ -8,8 +8,9 @@ entropy (and, every K steps for AMFT, the meta-gradient), then report metrics.
 Metric names per step (the service and plots depend on them): step, phase, mu,
 reward_mean, reward_std, accuracy, zero_signal_frac, sft_loss, rl_loss, loss, entropy,
 target_entropy, meta_grad (meta steps), kl, clip_frac, grad_norm, lr,
-completion_tokens_mean, step_seconds, gen_seconds, train_seconds, tokens_per_second, and
-eval_accuracy_<split> at eval steps. RL metrics are absent on steps without rollouts.
+completion_tokens_mean, step_seconds, gen_seconds, train_seconds, tokens_per_second,
+reward/<grader name> (each grader's mean score), and eval_accuracy_<split> /
+eval_reward_<split> at eval steps. RL metrics are absent on steps without rollouts.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ from service.specs import JobSpec
 from workers.trainer import losses
 from workers.trainer.batching import completion_logits, encode_completion, encode_prompt, pack
 from workers.trainer.checkpoint import load_checkpoint, save_checkpoint
-from workers.trainer.data import BatchStream, load_records, require_answers, require_completions
+from workers.trainer.data import BatchStream, load_records, require_completions, require_fields
 from workers.trainer.evaluation import evaluate_splits, load_eval_sets
 from workers.trainer.hooks import Metrics, TrainerHooks, TrainResult
 from workers.trainer.models import load_policy
-from workers.trainer.rewards import is_correct, reward
+from workers.trainer.graders import Scorer
 from workers.trainer.graph_rollout import make_engine
 from workers.trainer.rollout import RolloutEngine
 from workers.trainer.schedules import MuSchedule, make_schedule, meta_gradient
@@ -54,6 +55,7 @@ class Run:
     streams: dict[str, BatchStream]
     eval_sets: dict[str, list[dict]]
     device: torch.device
+    scorer: Scorer
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Rollouts:
     completions: list[list[int]]  # [P * G] sampled ids
     rewards: torch.Tensor  # [P * G]
     correct: torch.Tensor  # [P * G] 0/1
+    per_grader: dict[str, float]  # each grader's mean score
     advantages: torch.Tensor  # [P * G]
     zero_signal: torch.Tensor  # [P] bool
 
@@ -72,7 +75,7 @@ def train(spec: JobSpec, out_dir: Path, hooks: TrainerHooks | None = None, resum
     """Run (or resume) the job the spec describes, writing checkpoints under out_dir."""
     hooks = hooks or TrainerHooks()
     out_dir = Path(out_dir)
-    run = setup(spec)
+    run = setup(spec, hooks)
     start_step = restore(run, resume_from) if resume_from else 0
     last_checkpoint = resume_from
     total = spec.training.total_steps
@@ -80,7 +83,7 @@ def train(spec: JobSpec, out_dir: Path, hooks: TrainerHooks | None = None, resum
     for step in range(start_step + 1, total + 1):
         point = train_step(run, step)
         if spec.training.eval_every and (step % spec.training.eval_every == 0 or step == total):
-            point.update(evaluate_splits(run.engine, run.tokenizer, run.eval_sets, spec.training))
+            point.update(evaluate_splits(run.engine, run.tokenizer, run.eval_sets, spec.training, run.scorer))
         hooks.on_metrics(point)
         stopping = hooks.should_stop()
         if step % spec.training.save_every == 0 or step == total or stopping:
@@ -94,8 +97,8 @@ def train(spec: JobSpec, out_dir: Path, hooks: TrainerHooks | None = None, resum
 # --------------------------------------------------------------------------- setup
 
 
-def setup(spec: JobSpec) -> Run:
-    """Seed, load model and data, build optimizer, LR schedule and mu schedule."""
+def setup(spec: JobSpec, hooks: TrainerHooks | None = None) -> Run:
+    """Seed, load model and data, build optimizer, LR schedule, mu schedule and graders."""
     t = spec.training
     settings = get_settings()
     random.seed(t.seed)
@@ -108,6 +111,8 @@ def setup(spec: JobSpec) -> Run:
         # left padding makes (measured on an H200: 3 of 10 steps had a NaN grad norm, then
         # skipped); eager attention has none.
         model.set_attn_implementation("eager")
+    if t.chat_template:  # the spec's template wins over the tokenizer's own (and is saved with it)
+        tokenizer.chat_template = t.chat_template
     if t.lora:
         model = _with_lora(model, t.lora)
     model.train()
@@ -117,12 +122,14 @@ def setup(spec: JobSpec) -> Run:
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(spec))
     schedule = make_schedule(spec)
     engine = make_engine(model, tokenizer.pad_token_id, tokenizer.eos_token_id, settings.cuda_graph_rollouts)
-    streams = _data_streams(spec, schedule, settings)
-    eval_sets = load_eval_sets(spec, settings) if t.eval_every else {}
-    return Run(spec, model, tokenizer, reference, optimizer, lr_scheduler, schedule, engine, streams, eval_sets, device)
+    on_event = (hooks or TrainerHooks()).on_event
+    scorer = Scorer(spec.reward, on_failure=lambda _name, message: on_event("grader_failed", message))
+    streams = _data_streams(spec, schedule, settings, scorer.fields_read())
+    eval_sets = load_eval_sets(spec, settings, scorer.fields_read()) if t.eval_every else {}
+    return Run(spec, model, tokenizer, reference, optimizer, lr_scheduler, schedule, engine, streams, eval_sets, device, scorer)
 
 
-def _data_streams(spec: JobSpec, schedule: MuSchedule, settings) -> dict[str, BatchStream]:
+def _data_streams(spec: JobSpec, schedule: MuSchedule, settings, graded_fields: set[str]) -> dict[str, BatchStream]:
     """Load only the data this method uses: no SFT data for pure GRPO, no RL data for SFT."""
     total = spec.training.total_steps
     mus = {schedule.mu(s) for s in range(1, total + 1)}
@@ -134,7 +141,7 @@ def _data_streams(spec: JobSpec, schedule: MuSchedule, settings) -> dict[str, Ba
         streams["sft"] = BatchStream(sft, seed)
     if any(m < 1 for m in mus):
         rl = load_records(spec.datasets.rl, settings)
-        require_answers(rl, "datasets.rl")
+        require_fields(rl, graded_fields, "datasets.rl")
         streams["rl"] = BatchStream(rl, seed + 1)
     if spec.method == "amft" and spec.controller.eta_meta > 0:
         streams["validation"] = BatchStream(load_records(spec.datasets.validation, settings), seed + 2)
@@ -226,12 +233,12 @@ def sample_rollouts(run: Run, records: list[dict]) -> Rollouts:
     prompts = [encode_prompt(run.tokenizer, r["prompt"], t.max_prompt_tokens) for r in records]
     completions = run.engine.generate(prompts, t.num_generations, t.max_completion_tokens, t.temperature, t.top_p)
     texts = run.tokenizer.batch_decode(completions, skip_special_tokens=True)
-    answers = [r["answer"] for r in records for _ in range(t.num_generations)]
-    rewards = torch.tensor([reward(x, a, run.spec.reward.format_weight) for x, a in zip(texts, answers)])
-    correct = torch.tensor([float(is_correct(x, a)) for x, a in zip(texts, answers)])
+    scored = run.scorer.score(texts, [r for r in records for _ in range(t.num_generations)])
+    rewards = torch.tensor(scored.rewards, dtype=torch.float32)
     advantages, zero_signal = losses.group_advantages(rewards, t.num_generations, t.scale_rewards)
     repeated = [p for p in prompts for _ in range(t.num_generations)]
-    return Rollouts(repeated, completions, rewards, correct, advantages, zero_signal)
+    correct = torch.tensor(scored.correct, dtype=torch.float32)
+    return Rollouts(repeated, completions, rewards, correct, scored.per_grader, advantages, zero_signal)
 
 
 def rollout_metrics(rollouts: Rollouts) -> Metrics:
@@ -241,6 +248,7 @@ def rollout_metrics(rollouts: Rollouts) -> Metrics:
         "accuracy": rollouts.correct.mean().item(),
         "zero_signal_frac": rollouts.zero_signal.float().mean().item(),
         "completion_tokens_mean": sum(len(c) for c in rollouts.completions) / len(rollouts.completions),
+        **{f"reward/{name}": value for name, value in rollouts.per_grader.items()},
     }
 
 

@@ -16,6 +16,7 @@ from workers.trainer.data import (
     load_records,
     records_from_rows,
     require_answers,
+    require_fields,
     require_completions,
     svamp_record,
 )
@@ -194,8 +195,10 @@ def test_hf_rows_are_adapted():
 
     gsm = datasets.Dataset.from_list([{"question": "q", "answer": "1+1 = <<1+1=2>>2\n#### 2"}])
     assert records_from_rows(gsm, "hf:x") == [{"prompt": "q", "completion": "1+1 = 2\n#### 2", "answer": "2"}]
-    plain = datasets.Dataset.from_list([{"prompt": "p", "answer": 3, "extra": "ignored"}])
-    assert records_from_rows(plain, "hf:x") == [{"prompt": "p", "answer": "3"}]
+    plain = datasets.Dataset.from_list([{"prompt": "p", "answer": 3, "label": "kept for graders"}])
+    assert records_from_rows(plain, "hf:x") == [{"prompt": "p", "answer": "3", "label": "kept for graders"}]
+    chat = datasets.Dataset.from_list([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}])
+    assert records_from_rows(chat, "hf:x") == [{"prompt": [{"role": "user", "content": "hi"}], "completion": "yo"}]
     with pytest.raises(DatasetError, match="needs question/answer columns"):
         records_from_rows(datasets.Dataset.from_list([{"text": "t"}]), "hf:x")
 
@@ -258,3 +261,10 @@ def test_batch_stream_resumes_exactly():
 def test_batch_stream_needs_records():
     with pytest.raises(ValueError):
         BatchStream([], seed=0)
+
+
+def test_require_fields_names_the_missing_field():
+    records = [{"prompt": "a", "label": "x"}, {"prompt": "b"}]
+    assert require_fields(records, set(), "RL") is records
+    with pytest.raises(DatasetError, match=r"RL needs 'label' on every record \(a grader reads it\), but 1 of 2 have none \(first: record 2\)"):
+        require_fields(records, {"label"}, "RL")
