@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 GRADER_NAME = r"^[A-Za-z0-9_]{1,32}$"
 FIELD_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
-FILE_SOURCE = re.compile(r"^file:[0-9a-f]{32}$")
+FILE_SOURCE = re.compile(r"file:[0-9a-f]{32}")  # fullmatch: `$` passes "...\n"
 
 
 class _Grader(BaseModel):
@@ -121,7 +121,7 @@ class PythonGrader(_Grader):
     @field_validator("file")
     @classmethod
     def _file_ref(cls, value: str) -> str:
-        if not FILE_SOURCE.match(value):
+        if not FILE_SOURCE.fullmatch(value):
             raise ValueError("must be file:<32-hex file id> of an uploaded grader (POST /files?purpose=grader)")
         return value
 
