@@ -17,6 +17,7 @@ from api.errors import BodyLimit, install_error_handlers
 from api.feeds import JobFeeds
 from api.observability import PrometheusMiddleware
 from api.observability import router as health_router
+from api.routes.downloads import router as downloads_router
 from api.routes.evaluations import router as evaluations_router
 from api.routes.files import router as files_router
 from api.routes.generate import router as generate_router
@@ -69,6 +70,9 @@ def _add_inference(app: FastAPI, settings: Settings) -> None:
     """Generation, OpenAI-compatible and evaluation routes, served by the inference worker."""
     from workers.inference.client import InferenceClient  # celery + redis only; no torch
 
+    from workers.lora_merge import MergeClient  # issue 17: merged LoRA downloads (no torch)
+
     app.state.inference = InferenceClient(settings)
-    for router in (generate_router, openai_router, evaluations_router):
+    app.state.merges = MergeClient(settings, app.state.inference.app)
+    for router in (generate_router, openai_router, evaluations_router, downloads_router):
         app.include_router(router)
