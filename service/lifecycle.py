@@ -29,6 +29,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.continuation import check_parent
 from service.db import Database
 from service.errors import Conflict, Fenced, InvalidInput, NotFound
 from service.models import TERMINAL, Checkpoint, File, Job, JobEvent, MetricPoint, utcnow
@@ -72,6 +73,7 @@ def create_job(
             if existing is not None:
                 return existing, False
             _check_files(session, tenant_id, spec)
+            check_parent(session, tenant_id, spec.model)  # issue 17: job:<id>[:<step>], same tenant
             job = Job(
                 id=uuid.uuid4().hex,
                 tenant_id=tenant_id,

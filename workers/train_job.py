@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -25,7 +26,7 @@ from typing import Callable, Iterator, TypeVar
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from service import lifecycle, metrics
+from service import lifecycle, metrics, retention
 from service.db import Database, get_database
 from service.errors import Fenced
 from service.settings import Settings, get_settings
@@ -86,6 +87,9 @@ class Watch:
         self._check_fenced()
         relative = Path(path).resolve().relative_to(self.artifacts_dir)
         retrying(lambda: lifecycle.record_checkpoint(self.db, self.held, step, str(relative)), self.retry_for)
+        # Issue 17: the spec's retention forgets older checkpoints (rows first, then folders).
+        for gone in retrying(lambda: retention.prune(self.db, self.held), self.retry_for):
+            shutil.rmtree(self.artifacts_dir / gone, ignore_errors=True)
 
     def should_stop(self) -> bool:
         self._check_fenced()
