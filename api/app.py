@@ -23,9 +23,11 @@ from api.routes.files import router as files_router
 from api.routes.generate import router as generate_router
 from api.routes.jobs import router as jobs_router
 from api.routes.openai_compat import router as openai_router
+from api.routes.webhooks import router as webhooks_router
 from service.auth import PrincipalCache
 from service.db import POOL_SIZE, get_database
 from service.reaper import Reaper
+from service.webhook_delivery import Deliverer
 from service.settings import Settings, get_settings
 
 
@@ -49,7 +51,9 @@ def create_app(
         # Request threads (sync routes, DB reads) never outnumber the pooled connections.
         anyio.to_thread.current_default_thread_limiter().total_tokens = POOL_SIZE
         reaper = Reaper(db, publish, settings.reaper_seconds, settings.requeue_unclaimed_seconds).start()
+        deliverer = Deliverer(db, settings).start()  # issue 17: webhooks from the outbox
         yield
+        deliverer.stop()
         reaper.stop()
 
     app = FastAPI(title="AMFT training service", version="0.1.0", lifespan=lifespan)
@@ -60,7 +64,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, exempt=("/files",))
     app.add_middleware(PrometheusMiddleware)
-    for router in (jobs_router, files_router, health_router):
+    for router in (jobs_router, files_router, health_router, webhooks_router):
         app.include_router(router)
     _add_inference(app, settings)
     return app

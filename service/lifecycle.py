@@ -29,6 +29,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service import webhooks
 from service.continuation import check_parent
 from service.db import Database
 from service.errors import Conflict, Fenced, InvalidInput, NotFound
@@ -341,6 +342,7 @@ def _check_files(session: Session, tenant_id: str, spec: JobSpec) -> None:
 
 def _event(session: Session, job_id: str, attempt: int, kind: str, message: str, data: dict | None = None) -> None:
     session.add(JobEvent(job_id=job_id, attempt=attempt, kind=kind, message=message, data=data))
+    webhooks.enqueue(session, job_id, kind, data)  # issue 17: the outbox row commits with the change
 
 
 def _publish(publish: Publish, job_id: str) -> None:

@@ -9,6 +9,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 import service.evaluations  # noqa: F401 - every module with tables, as migrations/env.py imports them
+import service.webhooks  # noqa: F401
 from service.db import get_database, migrate
 from service.models import Base
 
