@@ -94,6 +94,18 @@ def checkpoint_archive(db: Database, artifacts_dir: Path, tenant_id: str, job_id
     return build_archive(f"{job_id}-step-{step}-{fmt}", files)
 
 
+def tensorboard_archive(db: Database, artifacts_dir: Path, tenant_id: str, job_id: str) -> Archive:
+    """The job's TensorBoard event files (spec `integrations: [{kind: tensorboard}]`)."""
+    with db.read() as session:
+        if session.scalar(select(Job.id).where(Job.id == job_id, Job.tenant_id == tenant_id)) is None:
+            raise NotFound(f"no job {job_id}")
+    folder = artifacts_dir / "jobs" / job_id / "tensorboard"
+    files = sorted(p for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
+    if not files:
+        raise NotFound(f"job {job_id} has no TensorBoard files (add integrations: [{{kind: tensorboard}}] to its spec)")
+    return build_archive(f"{job_id}-tensorboard", files)
+
+
 def checkpoint_folder(db: Database, artifacts_dir: Path, tenant_id: str, job_id: str, step: int) -> Path:
     """The folder of a recorded checkpoint of this tenant's job (404 for anyone else's)."""
     with db.read() as session:

@@ -205,6 +205,14 @@ class RetentionSpec(Strict):
     keep_best: KeepBestSpec | None = Field(None, description="Also keep the best checkpoint by an eval metric.")
 
 
+class IntegrationSpec(Strict):
+    """An experiment tracker that receives every step's metrics and the spec as parameters."""
+
+    kind: Literal["tensorboard"] = Field(
+        ..., description="tensorboard: event files in the job's artifacts (GET /jobs/{id}/artifacts/tensorboard)."
+    )
+
+
 class JobSpec(Strict):
     """A training job. Only `method` and `model` usually need setting."""
 
@@ -220,6 +228,9 @@ class JobSpec(Strict):
     controller: ControllerSpec = Field(default_factory=ControllerSpec, description="The mu schedule.")
     # ---- issue 17 (MLOps)
     retention: RetentionSpec | None = Field(None, description="Delete older checkpoints' weights (default: keep all).")
+    integrations: list[IntegrationSpec] = Field(
+        default_factory=list, max_length=4, description="Experiment trackers to export metrics to."
+    )
 
     @field_validator("model")
     @classmethod

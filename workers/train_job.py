@@ -32,6 +32,7 @@ from service.errors import Fenced
 from service.settings import Settings, get_settings
 from service.specs import JobSpec, spec_error_lines
 from workers.trainer.hooks import TrainerHooks
+from workers.tracking import Export
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,6 +76,9 @@ class Watch:
         self.fenced = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(heartbeat_seconds,), daemon=True, name="heartbeat")
+        # Issue 17: the spec's trackers; a failing one records an event and never fails the job.
+        self.export = Export(held.spec, lifecycle.job_dir(artifacts_dir, held.job_id),
+                             lambda kind, message: lifecycle.note(db, held, kind, message))
 
     def hooks(self) -> TrainerHooks:
         return TrainerHooks(on_metrics=self.on_metrics, on_checkpoint=self.on_checkpoint, should_stop=self.should_stop)
@@ -82,6 +86,7 @@ class Watch:
     def on_metrics(self, point: dict) -> None:
         self._check_fenced()
         self.cancel = retrying(lambda: metrics.record_step(self.db, self.held, point), self.retry_for) or self.cancel
+        self.export.on_metrics(point)
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         self._check_fenced()
@@ -102,6 +107,7 @@ class Watch:
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        self.export.close()
 
     def _check_fenced(self) -> None:
         if self.fenced:

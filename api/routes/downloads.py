@@ -51,3 +51,14 @@ async def download_checkpoint(
         status, headers["Content-Range"] = 206, f"bytes {start}-{end}/{archive.size}"
     body = iterate_in_threadpool(archive.iter_bytes(start, end))  # disk reads off the event loop
     return StreamingResponse(body, status_code=status, media_type=TAR, headers=headers)
+
+
+@router.get("/jobs/{job_id}/artifacts/tensorboard", responses={200: {"content": {TAR: {}}}})
+async def download_tensorboard(job_id: str, request: Request, who: Principal = Depends(principal)):
+    """The job's TensorBoard event files as a tar (`tensorboard --logdir` the extracted folder)."""
+    settings, db = request.app.state.settings, request.app.state.db
+    archive = await run_in_threadpool(downloads.tensorboard_archive, db, settings.resolved_artifacts_dir,
+                                      who.tenant_id, job_id)
+    headers = {"Content-Length": str(archive.size),
+               "Content-Disposition": f'attachment; filename="{archive.filename}"'}
+    return StreamingResponse(iterate_in_threadpool(archive.iter_bytes()), media_type=TAR, headers=headers)
