@@ -23,6 +23,7 @@ from api.routes.files import router as files_router
 from api.routes.generate import router as generate_router
 from api.routes.jobs import router as jobs_router
 from api.routes.openai_compat import router as openai_router
+from api.routes.openai_finetune import router as openai_finetune_router
 from api.routes.webhooks import router as webhooks_router
 from service.auth import PrincipalCache
 from service.db import POOL_SIZE, get_database
@@ -62,9 +63,9 @@ def create_app(
     app.state.principals = PrincipalCache(settings.auth_cache_seconds)
     app.state.feeds = JobFeeds(db)
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, exempt=("/files",))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, exempt=("/files", "/v1/files"))
     app.add_middleware(PrometheusMiddleware)
-    for router in (jobs_router, files_router, health_router, webhooks_router):
+    for router in (jobs_router, files_router, health_router, webhooks_router, openai_finetune_router):
         app.include_router(router)
     _add_inference(app, settings)
     return app
