@@ -70,7 +70,10 @@ def create_job(db: Database, tenant_id: str, body: dict, publish, max_attempts: 
         raise OpenAIError(400, f"unknown parameter {unknown[0]!r}", unknown[0])
     if body.get("integrations"):
         raise OpenAIError(400, "integrations are set in the spec here: use extra_body amft.integrations", "integrations")
-    spec = _spec(db, tenant_id, body)
+    try:
+        spec = _spec(db, tenant_id, body)
+    except (AttributeError, TypeError) as error:  # an object where a string was due, or the reverse
+        raise OpenAIError(400, f"malformed request body: {error}; see the fine-tuning API reference") from error
     try:
         validated = JobSpec.model_validate(spec)
     except ValueError as error:

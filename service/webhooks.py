@@ -133,16 +133,19 @@ def enqueue(session: Session, job_id: str, kind: str, data: dict | None) -> None
 def check_destination(url: str, allowed_hosts: str) -> None:
     """Refuse URLs that are not http(s) or reach private, loopback, link-local or other
     non-public addresses, unless the operator allowlist names them (SSRF)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a malformed IPv6 literal or port
+        raise InvalidInput("url: not a valid URL (check the host and port)") from None
+    if parts.scheme not in ("http", "https") or not host:
         raise InvalidInput("url: must be an http:// or https:// URL with a host")
-    host = parts.hostname
     allowed = [entry.strip() for entry in allowed_hosts.split(",") if entry.strip()]
     if host in allowed:
         return
     try:
-        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
+        infos = socket.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM)
+    except (OSError, ValueError):  # gaierror, an IDNA error, an embedded NUL
         raise InvalidInput(f"url: the host {host!r} does not resolve") from None
     for info in infos:
         address = ipaddress.ip_address(info[4][0].split("%")[0])

@@ -11,7 +11,13 @@ from api.deps import principal
 from service import openai_finetune as ft
 from service.auth import Principal
 
-router = APIRouter(prefix="/v1", tags=["openai fine-tuning"])
+OPENAI_ERROR = {"content": {"application/json": {"schema": {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {"type": "object", "required": ["message", "type"], "properties": {
+        "message": {"type": "string"}, "type": {"type": "string"},
+        "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}}},
+    "description": "OpenAI's error shape."}
+router = APIRouter(prefix="/v1", tags=["openai fine-tuning"], responses={400: OPENAI_ERROR, 404: OPENAI_ERROR})
 
 
 async def _call(function, *args) -> JSONResponse:
