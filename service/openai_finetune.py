@@ -25,8 +25,8 @@ from service.specs import JobSpec, spec_error_lines
 
 PREFIX = "ftjob-"
 METHODS = {"supervised": "sft", "reinforcement": "grpo"}
-KNOWN = {"model", "training_file", "validation_file", "hyperparameters", "method", "seed", "suffix", "metadata",
-         "integrations", "amft"}
+# suffix and metadata have no meaning here (model ids are job ids): they answer 400 like any unknown field.
+KNOWN = {"model", "training_file", "validation_file", "hyperparameters", "method", "seed", "integrations", "amft"}
 BASE_LEARNING_RATE = 1e-5  # learning_rate_multiplier scales this
 
 

@@ -64,5 +64,8 @@ def test_official_client_fine_tunes_and_completes(pg_api, pg_workers, tmp_path):
             client.fine_tuning.jobs.create(model="builtin:tiny", training_file=uploaded.id,
                                            hyperparameters={"n_epochs": 1}, extra_body={"beta": 0.1})
         assert refused.value.body["param"] == "beta"
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.fine_tuning.jobs.create(model="builtin:tiny", training_file=uploaded.id, suffix="mine")
+        assert refused.value.body["param"] == "suffix" and refused.value.body["type"] == "invalid_request_error"
         with pytest.raises(openai.NotFoundError):
             client.fine_tuning.jobs.retrieve("ftjob-" + "0" * 32)
