@@ -9,6 +9,7 @@ from alembic import context
 
 import service.evaluations  # noqa: F401 - registers its table on Base.metadata
 import service.worker_presence  # noqa: F401 - registers its table on Base.metadata
+import service.webhooks  # noqa: F401 - issue 17: webhook endpoints and outbox
 from service.db import get_database
 from service.models import Base
 from service.settings import get_settings

@@ -29,6 +29,8 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service import webhooks
+from service.continuation import check_parent
 from service.db import Database
 from service.dispatch import check_queued_quota, next_job_id, wake_tenant_queue
 from service.errors import Conflict, Fenced, InvalidInput, NotFound, TooLarge
@@ -81,6 +83,7 @@ def create_job(
                 return existing, False
             _check_files(session, tenant_id, spec)
             check_queued_quota(session, tenant_id, max_queued)
+            check_parent(session, tenant_id, spec.model)  # issue 17: job:<id>[:<step>], same tenant
             job = Job(
                 id=uuid.uuid4().hex,
                 tenant_id=tenant_id,
@@ -377,6 +380,7 @@ def _check_files(session: Session, tenant_id: str, spec: JobSpec) -> None:
 
 def _event(session: Session, job_id: str, attempt: int, kind: str, message: str, data: dict | None = None) -> None:
     session.add(JobEvent(job_id=job_id, attempt=attempt, kind=kind, message=message, data=data))
+    webhooks.enqueue(session, job_id, kind, data)  # issue 17: the outbox row commits with the change
 
 
 def _publish(publish: Publish, job_id: str) -> None:

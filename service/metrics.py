@@ -79,7 +79,7 @@ def points_json(
     if owner != caller:
         raise NotFound(f"no job {job_id}")
     return '{"job_id":"%s","points":%s,"next_after_step":%d,"has_more":%s}' % (
-        job_id, points or "[]", last or after_step, "true" if available > limit else "false"
+        job_id, points or "[]", after_step if last is None else last, "true" if available > limit else "false"
     )
 
 
@@ -144,8 +144,8 @@ def _check_query(names: list[str] | None, after_step: int, limit: int) -> list[s
         problems.append(f"names: {bad[0]!r} is not a metric name (letters, digits and _ only, e.g. names=mu,reward_mean)")
     if len(names) > NAME_LIMIT:
         problems.append(f"names: at most {NAME_LIMIT} names per request")
-    if after_step < 0:
-        problems.append("after_step: must be >= 0 (the last step you already have)")
+    if after_step < -1:  # -1 also returns a continued job's step-0 evaluation (issue 17)
+        problems.append("after_step: must be >= -1 (the last step you already have; -1 includes step 0)")
     if not 1 <= limit <= MAX_LIMIT:
         problems.append(f"limit: must be between 1 and {MAX_LIMIT}")
     if problems:

@@ -130,6 +130,19 @@ class Settings(BaseSettings):
     grader_cpu_seconds: int = Field(10, description="CPU-time rlimit of one python grader call.")
     grader_memory_mb: int = Field(512, description="Address-space rlimit of one python grader call, in MiB.")
     grader_max_processes: int = Field(16, description="Process-count rlimit inside a python grader's sandbox.")
+    # Issue 17 (MLOps): webhooks and tracking integrations.
+    webhook_allowed_hosts: str = Field(
+        "", description="Comma-separated hosts, addresses or networks (CIDR) webhooks may reach even though "
+        "they are private or loopback (SSRF guard); empty = public addresses only."
+    )
+    webhook_poll_seconds: float = Field(0.5, description="How often the API's deliverer sends due webhooks (0 = off).")
+    webhook_timeout_seconds: float = Field(10.0, description="How long one webhook POST may take.")
+    webhook_claim_seconds: float = Field(
+        30.0, description="A delivery lease: a deliverer that died mid-send is retried by another after this."
+    )
+    webhook_max_attempts: int = Field(12, description="Attempts before a webhook event is given up.")
+    webhook_backoff_seconds: float = Field(1.0, description="First retry delay; doubles each attempt.")
+    webhook_backoff_max_seconds: float = Field(600.0, description="Longest retry delay.")
 
     @property
     def resolved_database_url(self) -> str:

@@ -25,6 +25,7 @@ MODEL_SOURCE = re.compile(
     r"builtin:(tiny|smollm2-135m)"  # bundled models
     r"|local:[A-Za-z0-9][A-Za-z0-9._-]{0,127}"  # a folder name under AMFT_MODELS_DIR
     r"|hub:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}"  # a hub id
+    r"|job:[0-9a-f]{32}(:[0-9]{1,10})?"  # issue 17: another job's checkpoint (newest or a step)
 )
 DATA_SOURCE = re.compile(
     r"builtin:arithmetic|builtin:json_extract|gsm8k|svamp"
@@ -218,13 +219,40 @@ class ControllerSpec(Strict):
         return self
 
 
+# ---- issue 17 (MLOps): checkpoint retention
+class KeepBestSpec(Strict):
+    """Keep the checkpoint with the best value of an eval metric recorded at its step."""
+
+    metric: str = Field(
+        ..., pattern=r"^[A-Za-z0-9_]{1,64}$", description="Metric name, e.g. eval_accuracy_id (needs eval_every)."
+    )
+    mode: Literal["max", "min"] = Field("max", description="Whether larger (max) or smaller (min) is better.")
+
+
+class RetentionSpec(Strict):
+    """Which checkpoints keep their weights; the others' folders are deleted as training goes.
+    The newest checkpoint (what a resume needs) is always kept."""
+
+    keep_last_n: int = Field(2, ge=1, le=10_000, description="Keep the newest N checkpoints.")
+    keep_best: KeepBestSpec | None = Field(None, description="Also keep the best checkpoint by an eval metric.")
+
+
+class IntegrationSpec(Strict):
+    """An experiment tracker that receives every step's metrics and the spec as parameters."""
+
+    kind: Literal["tensorboard"] = Field(
+        ..., description="tensorboard: event files in the job's artifacts (GET /jobs/{id}/artifacts/tensorboard)."
+    )
+
+
 class JobSpec(Strict):
     """A training job. Only `method` and `model` usually need setting."""
 
     method: Method = Field("amft", description="The mu schedule: amft | sft | grpo | sft_then_grpo | fixed | chord.")
     model: str = Field(
         "builtin:tiny",
-        description="builtin:tiny | builtin:smollm2-135m | local:<folder in AMFT_MODELS_DIR> | hub:<org/name>.",
+        description="builtin:tiny | builtin:smollm2-135m | local:<folder in AMFT_MODELS_DIR> | hub:<org/name>"
+        " | job:<your job id>[:<step>] (its checkpoint's weights, fresh optimizer; default the newest).",
     )
     datasets: DatasetsSpec = Field(default_factory=DatasetsSpec, description="SFT, RL, validation and eval data.")
     reward: list[GraderSpec] = Field(
@@ -233,13 +261,19 @@ class JobSpec(Strict):
     )
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation and sampling.")
     controller: ControllerSpec = Field(default_factory=ControllerSpec, description="The mu schedule.")
+    # ---- issue 17 (MLOps)
+    retention: RetentionSpec | None = Field(None, description="Delete older checkpoints' weights (default: keep all).")
+    integrations: list[IntegrationSpec] = Field(
+        default_factory=list, max_length=4, description="Experiment trackers to export metrics to."
+    )
 
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
         if not MODEL_SOURCE.fullmatch(value):
             raise ValueError(
-                "must be builtin:tiny, builtin:smollm2-135m, local:<folder name> or hub:<org/name>"
+                "must be builtin:tiny, builtin:smollm2-135m, local:<folder name>, hub:<org/name>"
+                " or job:<32-hex job id>[:<step>]"
             )
         return value
 

@@ -29,7 +29,7 @@ REDIS_VISIBILITY_TIMEOUT = 24 * 3600
 
 def make_celery(settings: Settings) -> Celery:
     """A Celery app for this deployment's broker."""
-    app = Celery("amft", broker=settings.resolved_broker_url, include=["workers.tasks", "workers.worker_hooks", "workers.inference.tasks"])
+    app = Celery("amft", broker=settings.resolved_broker_url, include=["workers.tasks", "workers.worker_hooks", "workers.inference.tasks", "workers.lora_merge"])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

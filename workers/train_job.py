@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -25,13 +26,14 @@ from typing import Callable, Iterator, TypeVar
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from service import lifecycle, metrics
+from service import lifecycle, metrics, retention
 from service.db import Database, get_database
 from service.errors import Fenced
 from service.redact import redact_paths
 from service.settings import Settings, get_settings
 from service.specs import JobSpec, spec_error_lines
 from workers.trainer.hooks import TrainerHooks
+from workers.tracking import Export
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,6 +77,9 @@ class Watch:
         self.fenced = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(heartbeat_seconds,), daemon=True, name="heartbeat")
+        # Issue 17: the spec's trackers; a failing one records an event and never fails the job.
+        self.export = Export(held.spec, lifecycle.job_dir(artifacts_dir, held.job_id),
+                             lambda kind, message: lifecycle.note(db, held, kind, message))
 
     def hooks(self) -> TrainerHooks:
         return TrainerHooks(on_metrics=self.on_metrics, on_checkpoint=self.on_checkpoint, should_stop=self.should_stop,
@@ -87,11 +92,15 @@ class Watch:
     def on_metrics(self, point: dict) -> None:
         self._check_fenced()
         self.cancel = retrying(lambda: metrics.record_step(self.db, self.held, point), self.retry_for) or self.cancel
+        self.export.on_metrics(point)
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         self._check_fenced()
         relative = Path(path).resolve().relative_to(self.artifacts_dir)
         retrying(lambda: lifecycle.record_checkpoint(self.db, self.held, step, str(relative)), self.retry_for)
+        # Issue 17: the spec's retention forgets older checkpoints (rows first, then folders).
+        for gone in retrying(lambda: retention.prune(self.db, self.held), self.retry_for):
+            shutil.rmtree(self.artifacts_dir / gone, ignore_errors=True)
 
     def should_stop(self) -> bool:
         self._check_fenced()
@@ -104,6 +113,7 @@ class Watch:
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        self.export.close()
 
     def _check_fenced(self) -> None:
         if self.fenced:

@@ -114,7 +114,7 @@ def test_malformed_bodies(client):
 
 def test_metrics_query_validation(client):
     job_id = client.post("/jobs", json=TINY_SPEC).json()["id"]
-    for params, expected in [({"names": "mu,x y"}, "names"), ({"limit": 0}, "limit"), ({"after_step": -1}, "after_step")]:
+    for params, expected in [({"names": "mu,x y"}, "names"), ({"limit": 0}, "limit"), ({"after_step": -2}, "after_step")]:
         response = client.get(f"/jobs/{job_id}/metrics", params=params)
         assert response.status_code == 422 and expected in response.json()["detail"]
 

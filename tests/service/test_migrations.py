@@ -10,6 +10,7 @@ from sqlalchemy import inspect
 
 import service.evaluations  # noqa: F401 - every module with tables, as migrations/env.py imports them
 import service.worker_presence  # noqa: F401 - the same
+import service.webhooks  # noqa: F401
 from service.db import get_database, migrate
 from service.models import Base
 

@@ -80,6 +80,9 @@ def train(spec: JobSpec, out_dir: Path, hooks: TrainerHooks | None = None, resum
     last_checkpoint = resume_from
     total = spec.training.total_steps
     step = start_step
+    if start_step == 0 and spec.training.eval_every and spec.model.startswith("job:"):
+        # Issue 17: a continued job's curve starts where its parent's left off (step 0).
+        hooks.on_metrics({"step": 0, **evaluate_splits(run.engine, run.tokenizer, run.eval_sets, spec.training)})
     for step in range(start_step + 1, total + 1):
         point = train_step(run, step)
         if spec.training.eval_every and (step % spec.training.eval_every == 0 or step == total):

@@ -62,6 +62,8 @@ def load_policy(
         return load_model_folder(folder, settings=settings, dtype=dtype, device=device)
     elif source.startswith("hub:"):
         model, tokenizer = _load_from_hub(source.removeprefix("hub:"), dtype)
+    elif source.startswith("job:"):
+        return _load_job_checkpoint(source, settings, dtype, device)
     else:
         raise ModelSourceError(f"unknown model source {source!r}")
     return _finish(model, tokenizer, dtype, device)
@@ -176,6 +178,18 @@ def _local_folder(settings: Settings, name: str) -> Path:
     if not folder.is_relative_to(models_dir) or folder == models_dir:
         raise ModelSourceError(f"local:{name} is outside the models folder {models_dir}")
     return folder
+
+
+def _load_job_checkpoint(source: str, settings: Settings, dtype: torch.dtype, device: str):
+    """Issue 17, `job:<id>[:<step>]`: another job's checkpoint weights as a plain model (a
+    LoRA parent is merged into its base, so a new adapter or full tuning starts from it)."""
+    from service.continuation import checkpoint_path
+    from service.db import get_database
+
+    relative = checkpoint_path(get_database(settings.resolved_database_url), source)
+    model, tokenizer = load_model_folder(settings.resolved_artifacts_dir / relative, settings=settings,
+                                         dtype=dtype, device=device)
+    return (model.merge_and_unload() if _is_peft(model) else model), tokenizer
 
 
 def _load_from_hub(repo_id: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
