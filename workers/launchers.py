@@ -122,12 +122,24 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
+PEER_LOST_KINDS = {"DistBackendError", "DistNetworkError", "DistStoreError", "DistError"}
+
+
+def _peer_lost(error: dict) -> bool:
+    message = error["message"].lower()
+    return error["kind"] in PEER_LOST_KINDS or any(
+        sign in message for sign in ("connection closed by peer", "connection reset", "gloo", "nccl", "broken pipe"))
+
+
 def _outcome(folder: Path, watch) -> TrainResult | None:
     if watch.fenced:
         raise Fenced(f"job {watch.held.job_id} attempt {watch.held.attempt} lost its lease")
-    errors = sorted(folder.glob("error-rank*.json"))
+    errors = [json.loads(path.read_text()) for path in sorted(folder.glob("error-rank*.json"))]
+    # When a rank dies its peers' next collective fails ("Connection closed by peer"):
+    # that is a consequence, not the job's fault, so only other errors fail the job.
+    errors = [e for e in errors if not _peer_lost(e)]
     if errors:
-        first = json.loads(errors[0].read_text())
+        first = errors[0]
         if first["kind"] == "Fenced":
             raise Fenced(first["message"])
         raise RanksFailed(f"rank {first['rank']}: {first['message']}")
