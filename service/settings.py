@@ -92,15 +92,15 @@ class Settings(BaseSettings):
 
     # Distributed training (issue 14).
     max_devices: int = Field(8, description="Largest resources.devices a job may ask for.")
-    max_nodes: int = Field(4, description="Largest resources.nodes a job may ask for.")
+    max_nodes: int = Field(
+        1, description="Largest resources.nodes a job may ask for (the multi-node Ray launcher is not built yet)."
+    )
     worker_devices: int = Field(
         1, description="Devices this train worker can give one job (GPUs, or CPU processes); larger jobs are declined."
     )
     collective_timeout_seconds: float = Field(
         120.0, description="A collective that waits longer (a rank died or hung) fails the whole group."
     )
-    ray_address: str | None = Field(None, description="Ray cluster (ray://host:port or host:port) for multi-node jobs.")
-    ray_cpus_per_worker: float = Field(1.0, description="CPUs Ray reserves for each training worker.")
 
     @property
     def resolved_database_url(self) -> str:

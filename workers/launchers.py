@@ -6,8 +6,8 @@
   relays cancel and SIGTERM as a stop file that rank 0 turns into a collective stop, and
   tears the whole group down when it ends, when any rank dies (torchrun's agent stops the
   others; collectives time out after AMFT_COLLECTIVE_TIMEOUT_SECONDS) or when fenced;
-- `ray`: more than one node, through Ray Train's TorchTrainer on AMFT_RAY_ADDRESS
-  (workers.ray_launch); this worker still owns the lease, fencing and cancel.
+- more than one node (Ray Train's TorchTrainer) is not built yet: AMFT_MAX_NODES defaults
+  to 1 so such specs get a 422, and a worker declines one if a deployment raised it.
 
 A launcher returns the TrainResult, or None when the group died without finishing (a rank
 was killed): the caller then releases the job, which resumes from its last checkpoint.
@@ -43,12 +43,10 @@ class RanksFailed(RuntimeError):
 
 
 def choose_launcher(spec: JobSpec, settings: Settings) -> str:
-    """`local`, `torchrun` or `ray` for this job on this worker; raises Unservable."""
+    """`local` or `torchrun` for this job on this worker; raises Unservable."""
     r = spec.resources
     if r.nodes > 1:
-        if not settings.ray_address:
-            raise Unservable(f"resources.nodes = {r.nodes} needs a Ray cluster; this worker has no AMFT_RAY_ADDRESS")
-        return "ray"
+        raise Unservable(f"resources.nodes = {r.nodes}: this worker has no multi-node launcher (Ray) yet")
     if r.devices > settings.worker_devices:
         raise Unservable(f"resources.devices = {r.devices} but this worker serves {settings.worker_devices} "
                          f"(AMFT_WORKER_DEVICES); it will not run the job smaller")

@@ -10,7 +10,7 @@ Who ends the job:
   next attempt resumes from the latest recorded checkpoint;
 - a rank of a multi-device group died: released, to resume from the last checkpoint;
 - this worker cannot serve the job's resources: declined with an event, back to the queue.
-The launcher (in-process, torchrun or Ray; workers.launchers) is chosen once at claim.
+The launcher (in-process or torchrun; workers.launchers) is chosen once at claim.
 """
 
 from __future__ import annotations
@@ -179,10 +179,6 @@ def _launch(launcher: str, spec: JobSpec, job_dir: Path, watch: Watch, resume: P
         from workers.launchers import run_torchrun
 
         return run_torchrun(spec, job_dir, watch, resume, settings)
-    if launcher == "ray":
-        from workers.ray_launch import run_ray
-
-        return run_ray(spec, job_dir, watch, resume, settings)
     from workers.trainer.loop import train  # torch is imported here, in the worker only
 
     return train(spec, job_dir, watch.hooks(), resume_from=resume)

@@ -24,12 +24,12 @@ def test_defaults_are_one_device_on_one_node():
     [
         ({"resources": {"devices": 0}}, "resources.devices: Input should be greater than or equal to 1"),
         ({"resources": {"devices": 9}}, "resources.devices = 9 exceeds this deployment's limit of 8"),
-        ({"resources": {"nodes": 5}}, "resources.nodes = 5 exceeds this deployment's limit of 4"),
+        ({"resources": {"nodes": 2}}, "resources.nodes = 2 exceeds this deployment's limit of 1"),
         ({"resources": {"gpus": 2}}, "resources.gpus: Extra inputs are not permitted"),
         ({"resources": {"devices": 2}, "training": {"sft_batch_size": 3}},
          "training.sft_batch_size = 3 must be a multiple of devices x nodes = 2"),
-        ({"resources": {"devices": 2, "nodes": 2}, "training": {"sft_batch_size": 4, "rl_prompts_per_step": 2}},
-         "training.rl_prompts_per_step = 2 must be a multiple of devices x nodes = 4"),
+        ({"resources": {"devices": 2}, "training": {"sft_batch_size": 4, "rl_prompts_per_step": 3}},
+         "training.rl_prompts_per_step = 3 must be a multiple of devices x nodes = 2"),
         ({"resources": {"devices": 2}, "training": {"lora": {}}}, "training.lora is not supported"),
     ],
 )
@@ -41,11 +41,15 @@ def test_bad_resources_get_one_line_naming_the_field(raw, hint):
 
 def test_device_limit_follows_the_deployment(monkeypatch):
     monkeypatch.setenv("AMFT_MAX_DEVICES", "2")
+    monkeypatch.setenv("AMFT_MAX_NODES", "2")
     get_settings.cache_clear()
     try:
         assert any("resources.devices = 4 exceeds this deployment's limit of 2" in line
                    for line in errors_for({"resources": {"devices": 4}}))
         assert JobSpec.model_validate({"resources": {"devices": 2}}).resources.world_size == 2
+        assert any("training.sft_batch_size = 6 must be a multiple of devices x nodes = 4" in line
+                   for line in errors_for({"resources": {"devices": 2, "nodes": 2}, "training": {"sft_batch_size": 6}}))
     finally:
         monkeypatch.delenv("AMFT_MAX_DEVICES")
+        monkeypatch.delenv("AMFT_MAX_NODES")
         get_settings.cache_clear()

@@ -1,6 +1,6 @@
 """One rank of the equivalence tests (run by torchrun, or alone as the one-process reference).
 
-usage: python rank_program.py SPEC_JSON OUT_DIR [--fixed-completions]
+usage: python rank_program.py SPEC_JSON OUT_DIR [--fixed-completions | --train [RESUME_DIR]]
 
 Runs the spec's steps through the real loop (`setup` + `train_step`), writes every step's
 metrics to OUT_DIR/rank<r>.json and, from rank 0, the final full weights to
@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 from service.specs import JobSpec
 from workers.trainer.batching import encode_prompt
 from workers.trainer.data import load_records
-from workers.trainer.loop import setup, train_step
+from workers.trainer.hooks import TrainerHooks
+from workers.trainer.loop import setup, train, train_step
 
 
 class FixedEngine:
@@ -64,6 +65,19 @@ def run_program(spec: JobSpec, out: Path, fixed_completions: bool) -> None:
     run.world.close()
 
 
+def train_program(spec: JobSpec, out: Path, resume: Path | None) -> list[dict]:
+    """The whole `train` (checkpoints under out, resumable); rank 0's metrics to out/points.json."""
+    points: list[dict] = []
+    train(spec, out, TrainerHooks(on_metrics=points.append), resume_from=resume)
+    if points:  # rank 0 only: the others' hooks are no-ops
+        (out / "points.json").write_text(json.dumps(points))
+    return points
+
+
 if __name__ == "__main__":
-    run_program(JobSpec.model_validate(json.loads(Path(sys.argv[1]).read_text())), Path(sys.argv[2]),
-                "--fixed-completions" in sys.argv)
+    spec_arg, out_arg = JobSpec.model_validate(json.loads(Path(sys.argv[1]).read_text())), Path(sys.argv[2])
+    if "--train" in sys.argv:
+        rest = sys.argv[sys.argv.index("--train") + 1:]
+        train_program(spec_arg, out_arg, Path(rest[0]) if rest else None)
+    else:
+        run_program(spec_arg, out_arg, "--fixed-completions" in sys.argv)

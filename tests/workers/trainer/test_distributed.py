@@ -27,14 +27,14 @@ SPECS = {
 }
 
 
-def torchrun(spec: dict, out: Path, fixed: bool, nproc: int = 2) -> None:
+def torchrun(spec: dict, out: Path, fixed: bool, nproc: int = 2, extra: tuple[str, ...] = ()) -> None:
     """Launch the rank program under torch.distributed.run and fail with its log if it fails."""
     spec_file = out / "spec.json"
     spec_file.write_text(json.dumps(spec))
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", RAYON_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               str(PROGRAM), str(spec_file), str(out)] + (["--fixed-completions"] if fixed else [])
+               str(PROGRAM), str(spec_file), str(out)] + (["--fixed-completions"] if fixed else []) + list(extra)
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
 
@@ -68,3 +68,28 @@ def test_two_ranks_equal_one_process(method, tmp_path):
     assert relative_weight_error(one, two) < 1e-4
     if method == "amft":
         assert sum("meta_grad" in p for p in rank0) == 3 and len({p["mu"] for p in rank0}) > 2
+
+
+def test_resume_on_a_different_world_size_continues_the_curve(tmp_path):
+    """One process saves at step 2, 2 ranks resume to step 4 and save, one process resumes
+    that to step 6: the curve is the uninterrupted one (checkpoints hold full weights and
+    optimizer state in one format, so any world size reads them)."""
+    from tests.workers.trainer.rank_program import train_program
+
+    def spec_for(total: int) -> dict:
+        training = {**SPECS["sft"]["training"], "total_steps": total, "save_every": 2}
+        return {"model": "builtin:tiny", "resources": {"devices": 2}, **SPECS["sft"], "training": training}
+
+    reference_dir, first, second, third = (tmp_path / name for name in ("reference", "first", "second", "third"))
+    for folder in (reference_dir, first, second, third):
+        folder.mkdir()
+    reference = train_program(JobSpec.model_validate(spec_for(6)), reference_dir, None)
+    train_program(JobSpec.model_validate(spec_for(2)), first, None)
+    torchrun(spec_for(4), second, False, extra=("--train", str(first / "checkpoints" / "step-000002")))  # 1 -> 2
+    two_ranks = json.loads((second / "points.json").read_text())
+    one_again = train_program(JobSpec.model_validate(spec_for(6)), third, second / "checkpoints" / "step-000004")
+    assert [p["step"] for p in two_ranks + one_again] == [3, 4, 5, 6]
+    for got, want in zip(two_ranks + one_again, reference[2:]):
+        print(f"step {got['step']}: loss {got['loss']:.7f} vs uninterrupted {want['loss']:.7f}")
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+        assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
