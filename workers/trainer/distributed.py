@@ -116,14 +116,15 @@ class Sharded(SingleProcess):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
+        device_type = next(model.parameters()).device.type
         if self.mesh is None:
-            device_type = next(model.parameters()).device.type
             self.mesh = init_device_mesh(device_type, (self.size,))
         if resources.activation_checkpointing and model.training:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         mixed = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
             if resources.mixed_precision else MixedPrecisionPolicy()
-        offload = CPUOffloadPolicy() if resources.cpu_offload else OffloadPolicy()
+        # On CPU the parameters already live in CPU memory: offloading is a no-op there.
+        offload = CPUOffloadPolicy() if resources.cpu_offload and device_type == "cuda" else OffloadPolicy()
         layer_types = set(getattr(model, "_no_split_modules", None) or ())
         for module in list(model.modules()):
             if type(module).__name__ in layer_types:

@@ -93,3 +93,18 @@ def test_resume_on_a_different_world_size_continues_the_curve(tmp_path):
         print(f"step {got['step']}: loss {got['loss']:.7f} vs uninterrupted {want['loss']:.7f}")
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
         assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
+
+
+def test_bf16_mixed_precision_and_activation_checkpointing_train_close_to_fp32(tmp_path):
+    """The memory options are real FSDP2/HF settings on the same loop: bf16 compute stays
+    within bf16 rounding of the fp32 curve (cpu_offload is CUDA-only: a no-op on CPU)."""
+    raw = {"model": "builtin:tiny", **SPECS["sft"], "training": {**SPECS["sft"]["training"], "total_steps": 2},
+           "resources": {"devices": 2, "mixed_precision": True, "activation_checkpointing": True, "cpu_offload": True}}
+    one = tmp_path / "one"
+    one.mkdir()
+    run_program(JobSpec.model_validate({**raw, "resources": {"devices": 2}}), one, False)
+    torchrun(raw, tmp_path, False)
+    fp32 = json.loads((one / "rank0.json").read_text())
+    bf16 = json.loads((tmp_path / "rank0.json").read_text())
+    for a, b in zip(fp32, bf16):
+        assert b["loss"] != a["loss"] and b["loss"] == pytest.approx(a["loss"], rel=1e-2)
