@@ -143,6 +143,17 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(12, description="Attempts before a webhook event is given up.")
     webhook_backoff_seconds: float = Field(1.0, description="First retry delay; doubles each attempt.")
     webhook_backoff_max_seconds: float = Field(600.0, description="Longest retry delay.")
+    # Distributed training (issue 14).
+    max_devices: int = Field(8, description="Largest resources.devices a job may ask for.")
+    max_nodes: int = Field(
+        1, description="Largest resources.nodes a job may ask for (the multi-node Ray launcher is not built yet)."
+    )
+    worker_devices: int = Field(
+        1, description="Devices this train worker can give one job (GPUs, or CPU processes); larger jobs are declined."
+    )
+    collective_timeout_seconds: float = Field(
+        120.0, description="A collective that waits longer (a rank died or hung) fails the whole group."
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -244,6 +244,23 @@ class IntegrationSpec(Strict):
         ..., description="tensorboard: event files in the job's artifacts (GET /jobs/{id}/artifacts/tensorboard)."
     )
 
+class ResourcesSpec(Strict):
+    """How many devices and machines one job spans (issue 14); 1 x 1 is one process."""
+
+    devices: int = Field(1, ge=1, description="Devices (GPU ranks, or CPU processes) per node.")
+    nodes: int = Field(1, ge=1, description="Machines; more than one runs through Ray Train.")
+    mixed_precision: bool = Field(
+        False, description="Sharded runs: bf16 compute with fp32 gradient reduction (FSDP2 MixedPrecisionPolicy)."
+    )
+    activation_checkpointing: bool = Field(
+        False, description="Recompute each layer's activations in backward instead of keeping them."
+    )
+    cpu_offload: bool = Field(False, description="Sharded runs: keep parameters and optimizer state in CPU memory.")
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.nodes
+
 
 class JobSpec(Strict):
     """A training job. Only `method` and `model` usually need setting."""
@@ -266,6 +283,8 @@ class JobSpec(Strict):
     integrations: list[IntegrationSpec] = Field(
         default_factory=list, max_length=4, description="Experiment trackers to export metrics to."
     )
+
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Devices and machines for the job.")
 
     @field_validator("model")
     @classmethod
@@ -302,11 +321,30 @@ class JobSpec(Strict):
         for name, value, limit in checks:
             if value > limit:
                 raise ValueError(f"{name} = {value} exceeds this deployment's limit of {limit}")
+        _check_resources(self, limits)
         if t.warmup_steps > t.total_steps:
             raise ValueError(
                 f"training.warmup_steps ({t.warmup_steps}) must not exceed training.total_steps ({t.total_steps})"
             )
         return self
+
+
+def _check_resources(spec: JobSpec, limits) -> None:
+    """Within the deployment's limits, and every rank gets the same number of rows (FSDP's
+    collectives need every rank to run the same number of forward passes)."""
+    r, t, c = spec.resources, spec.training, spec.controller
+    for name, value, limit in (("resources.devices", r.devices, limits.max_devices),
+                               ("resources.nodes", r.nodes, limits.max_nodes)):
+        if value > limit:
+            raise ValueError(f"{name} = {value} exceeds this deployment's limit of {limit}")
+    if r.world_size == 1:
+        return
+    if t.lora is not None:
+        raise ValueError("training.lora is not supported on more than one device yet; set resources.devices = 1")
+    for name, value in (("training.sft_batch_size", t.sft_batch_size), ("training.rl_prompts_per_step",
+                        t.rl_prompts_per_step), ("controller.meta_val_prompts", c.meta_val_prompts)):
+        if value % r.world_size:
+            raise ValueError(f"{name} = {value} must be a multiple of devices x nodes = {r.world_size}")
 
 
 def spec_error_lines(error: Exception) -> list[str]:

@@ -7,7 +7,10 @@ Who ends the job:
 - the trainer raised: failed, with the exception as the message;
 - this attempt was fenced (its lease expired and the job moved on): nothing, quietly;
 - the process died: nothing here; the reaper re-queues it when the lease expires and the
-  next attempt resumes from the latest recorded checkpoint.
+  next attempt resumes from the latest recorded checkpoint;
+- a rank of a multi-device group died: released, to resume from the last checkpoint;
+- this worker cannot serve the job's resources: declined with an event, back to the queue.
+The launcher (in-process or torchrun; workers.launchers) is chosen once at claim.
 """
 
 from __future__ import annotations
@@ -161,11 +164,17 @@ def _train(db: Database, held: lifecycle.Claim, watch: Watch, settings: Settings
     except ValueError as error:  # e.g. the deployment's limits were lowered since submission
         lifecycle.fail(db, held, "invalid_spec", redact_paths("; ".join(spec_error_lines(error)), settings))
         return "failed"
-    try:
-        from workers.trainer.loop import train  # torch is imported here, in the worker only
+    from workers.launchers import Unservable, choose_launcher
 
+    try:
+        launcher = choose_launcher(spec, settings)
+    except Unservable as reason:
+        retrying(lambda: lifecycle.note(db, held, "declined", str(reason)), watch.retry_for)
+        retrying(lambda: lifecycle.release(db, held, f"declined: {reason}"), watch.retry_for)
+        return "declined"
+    try:
         resume = _usable_resume(db, held, artifacts)
-        result = train(spec, lifecycle.job_dir(artifacts, held.job_id), watch.hooks(), resume_from=resume)
+        result = _launch(launcher, spec, lifecycle.job_dir(artifacts, held.job_id), watch, resume, settings)
     except Fenced:
         raise
     except Exception as error:  # noqa: BLE001 - any trainer failure ends the job with its message
@@ -174,12 +183,27 @@ def _train(db: Database, held: lifecycle.Claim, watch: Watch, settings: Settings
         message = redact_paths(f"{type(error).__name__}: {error}", settings)
         retrying(lambda: lifecycle.fail(db, held, "trainer_error", message), watch.retry_for)
         return "failed"
+    if result is None:
+        reason = "a rank of the job's process group died; resuming from the last checkpoint"
+        retrying(lambda: lifecycle.release(db, held, reason), watch.retry_for)
+        return "released"
     if result.status == "stopped" and SHUTTING_DOWN.is_set() and not watch.cancel:
         reason = f"worker shutting down; checkpoint at step {result.last_step}"
         retrying(lambda: lifecycle.release(db, held, reason), watch.retry_for)
         return "released"
     retrying(lambda: lifecycle.finish(db, held, cancelled=result.status == "stopped"), watch.retry_for)
     return "cancelled" if result.status == "stopped" else "succeeded"
+
+
+def _launch(launcher: str, spec: JobSpec, job_dir: Path, watch: Watch, resume: Path | None, settings: Settings):
+    """Start the trainer the chosen way; the TrainResult, or None if a rank died."""
+    if launcher == "torchrun":
+        from workers.launchers import run_torchrun
+
+        return run_torchrun(spec, job_dir, watch, resume, settings)
+    from workers.trainer.loop import train  # torch is imported here, in the worker only
+
+    return train(spec, job_dir, watch.hooks(), resume_from=resume)
 
 
 def _usable_resume(db: Database, held: lifecycle.Claim, artifacts: Path) -> Path | None:

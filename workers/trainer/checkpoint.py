@@ -39,16 +39,22 @@ def checkpoint_dir(out_dir: Path, step: int) -> Path:
     return out_dir / "checkpoints" / f"step-{step:06d}"
 
 
-def save_checkpoint(out_dir: Path, step: int, run_state: dict, model, tokenizer, optimizer, base_source: str) -> Path:
-    """Write the checkpoint for `step` atomically and return its folder."""
+def save_checkpoint(
+    out_dir: Path, step: int, run_state: dict, model, tokenizer, optimizer_state: dict, base_source: str,
+    model_state: dict | None = None, rank_rng: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write the checkpoint for `step` atomically and return its folder.
+
+    A sharded run passes the gathered full `model_state` (else the model's own is written)
+    and the other ranks' RNG states; the files are the same for every world size."""
     final = checkpoint_dir(out_dir, step)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir(parents=True)
-        save_model_folder(model, tokenizer, tmp, base_source)
-        tensors, optimizer_meta = _flatten_optimizer(optimizer.state_dict())
+        save_model_folder(model, tokenizer, tmp, base_source, state_dict=model_state)
+        tensors, optimizer_meta = _flatten_optimizer(optimizer_state)
         save_file(tensors, str(tmp / OPTIMIZER))
-        state = dict(run_state, step=step, optimizer=optimizer_meta, rng=_capture_rng(tmp))
+        state = dict(run_state, step=step, optimizer=optimizer_meta, rng=_capture_rng(tmp, rank_rng or {}))
         (tmp / STATE).write_text(json.dumps(state))
         _write_manifest(tmp)
         if final.exists():  # a re-run of the same step after a crash: replace it
@@ -68,8 +74,20 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
     state = json.loads((path / STATE).read_text())
     _load_weights(model, path)
     optimizer.load_state_dict(_unflatten_optimizer(load_file(str(path / OPTIMIZER)), state["optimizer"]))
-    _restore_rng(state["rng"], path)
+    restore_rng(state["rng"], path)
     return state
+
+
+def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """(run state, full model weights, optimizer state) of a verified full-weights checkpoint,
+    read from safetensors and JSON only, for a sharded run to take its shards from."""
+    verify_checkpoint(path)
+    state = json.loads((path / STATE).read_text())
+    weights: dict[str, torch.Tensor] = {}
+    for file in sorted(path.glob("model*.safetensors")):
+        weights.update(load_file(str(file)))
+    optimizer_state = _unflatten_optimizer(load_file(str(path / OPTIMIZER)), state["optimizer"])
+    return state, weights, optimizer_state
 
 
 def verify_checkpoint(path: Path) -> None:
@@ -130,8 +148,8 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _capture_rng(folder: Path) -> dict:
-    rng_tensors = {"torch": torch.get_rng_state()}
+def _capture_rng(folder: Path, rank_rng: dict[str, torch.Tensor]) -> dict:
+    rng_tensors = {"torch": torch.get_rng_state(), **rank_rng}
     if torch.cuda.is_available():
         for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
             rng_tensors[f"cuda{i}"] = cuda_state
@@ -140,13 +158,15 @@ def _capture_rng(folder: Path) -> dict:
     return {"python": [version, list(internal), gauss], "cuda_devices": torch.cuda.device_count()}
 
 
-def _restore_rng(rng: dict, folder: Path) -> None:
+def restore_rng(rng: dict, folder: Path) -> dict[str, torch.Tensor]:
+    """Restore this process's RNG (rank 0's); return the other ranks' saved torch states."""
     tensors = load_file(str(folder / "rng.safetensors"))
     torch.set_rng_state(tensors["torch"])
     if torch.cuda.is_available() and rng["cuda_devices"] == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([tensors[f"cuda{i}"] for i in range(rng["cuda_devices"])])
     version, internal, gauss = rng["python"]
     random.setstate((version, tuple(internal), gauss))
+    return {name: value for name, value in tensors.items() if name.startswith("torch.rank")}
 
 
 def _load_weights(model, folder: Path) -> None:

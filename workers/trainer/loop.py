@@ -11,6 +11,10 @@ target_entropy, meta_grad (meta steps), kl, clip_frac, grad_norm, lr,
 completion_tokens_mean, step_seconds, gen_seconds, train_seconds, tokens_per_second,
 reward/<grader name> (each grader's mean score), and eval_accuracy_<split> /
 eval_reward_<split> at eval steps. RL metrics are absent on steps without rollouts.
+
+The same loop runs as one rank of many (issue 14): `run.world` (distributed.py) shards
+the model and the batch, sums statistics across ranks and lets only rank 0 write. In
+one process its every method is the identity.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from service.settings import get_settings
 from service.specs import JobSpec
 from workers.trainer import losses
 from workers.trainer.batching import completion_logits, encode_completion, encode_prompt, pack
-from workers.trainer.checkpoint import load_checkpoint, save_checkpoint
+from workers.trainer.checkpoint import save_checkpoint
+from workers.trainer.distributed import SingleProcess, make_world
 from workers.trainer.data import BatchStream, load_records, require_completions, require_fields
 from workers.trainer.evaluation import evaluate_splits, load_eval_sets
 from workers.trainer.hooks import Metrics, TrainerHooks, TrainResult
@@ -56,6 +61,7 @@ class Run:
     eval_sets: dict[str, list[dict]]
     device: torch.device
     scorer: Scorer
+    world: SingleProcess  # or distributed.Sharded: one rank of a sharded run
 
 
 @dataclass
@@ -73,9 +79,17 @@ class Rollouts:
 
 def train(spec: JobSpec, out_dir: Path, hooks: TrainerHooks | None = None, resume_from: Path | None = None) -> TrainResult:
     """Run (or resume) the job the spec describes, writing checkpoints under out_dir."""
-    hooks = hooks or TrainerHooks()
     out_dir = Path(out_dir)
     run = setup(spec, hooks)
+    try:
+        return run_steps(run, out_dir, run.world.reporter(hooks or TrainerHooks()), resume_from)
+    finally:
+        run.world.close()
+
+
+def run_steps(run: Run, out_dir: Path, hooks: TrainerHooks, resume_from: Path | None) -> TrainResult:
+    """Steps from the checkpoint (or the start) to the end, saving and reporting as they go."""
+    spec = run.spec
     start_step = restore(run, resume_from) if resume_from else 0
     last_checkpoint = resume_from
     total = spec.training.total_steps
@@ -86,7 +100,8 @@ def train(spec: JobSpec, out_dir: Path, hooks: TrainerHooks | None = None, resum
     for step in range(start_step + 1, total + 1):
         point = train_step(run, step)
         if spec.training.eval_every and (step % spec.training.eval_every == 0 or step == total):
-            point.update(evaluate_splits(run.engine, run.tokenizer, run.eval_sets, spec.training, run.scorer))
+            with run.world.full_weights(run.model):  # every rank scores the full sets
+                point.update(evaluate_splits(run.engine, run.tokenizer, run.eval_sets, spec.training, run.scorer))
         hooks.on_metrics(point)
         stopping = hooks.should_stop()
         if step % spec.training.save_every == 0 or step == total or stopping:
@@ -106,7 +121,9 @@ def setup(spec: JobSpec, hooks: TrainerHooks | None = None) -> Run:
     settings = get_settings()
     random.seed(t.seed)
     torch.manual_seed(t.seed)
-    device = torch.device("cuda" if t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available()) else "cpu")
+    kind = "cuda" if t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available()) else "cpu"
+    world = make_world(kind, settings.collective_timeout_seconds)
+    device = world.device(kind)
     dtype = torch.bfloat16 if t.dtype == "bfloat16" else torch.float32
     model, tokenizer = load_policy(spec.model, settings, dtype=dtype, device=device)
     if device.type == "cuda" and dtype == torch.bfloat16:
@@ -119,7 +136,9 @@ def setup(spec: JobSpec, hooks: TrainerHooks | None = None) -> Run:
     if t.lora:
         model = _with_lora(model, t.lora)
     model.train()
-    reference = _frozen_copy(model) if t.kl_beta > 0 else None
+    reference = world.wrap(_frozen_copy(model), spec.resources) if t.kl_beta > 0 else None
+    model = world.wrap(model, spec.resources)
+    world.seed_rank(t.seed)  # after the weights: every rank starts from the same ones
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(spec))
@@ -129,7 +148,8 @@ def setup(spec: JobSpec, hooks: TrainerHooks | None = None) -> Run:
     scorer = Scorer(spec.reward, on_failure=lambda _name, message: on_event("grader_failed", message))
     streams = _data_streams(spec, schedule, settings, scorer.fields_read())
     eval_sets = load_eval_sets(spec, settings, scorer.fields_read()) if t.eval_every else {}
-    return Run(spec, model, tokenizer, reference, optimizer, lr_scheduler, schedule, engine, streams, eval_sets, device, scorer)
+    return Run(spec, model, tokenizer, reference, optimizer, lr_scheduler, schedule, engine, streams, eval_sets, device, scorer,
+               world)
 
 
 def _data_streams(spec: JobSpec, schedule: MuSchedule, settings, graded_fields: set[str]) -> dict[str, BatchStream]:
@@ -192,10 +212,10 @@ def train_step(run: Run, step: int) -> Metrics:
 
     rollouts = None
     if mu < 1:
-        rollouts = sample_rollouts(run, run.streams["rl"].next_batch(run.spec.training.rl_prompts_per_step))
-        point.update(rollout_metrics(rollouts))
+        rollouts = sample_rollouts(run, run.world.shard(run.streams["rl"].next_batch(run.spec.training.rl_prompts_per_step)))
+        point.update(rollout_metrics(run, rollouts))
     gen_seconds = time.perf_counter() - started
-    sft_batch = run.streams["sft"].next_batch(run.spec.training.sft_batch_size) if mu > 0 else None
+    sft_batch = run.world.shard(run.streams["sft"].next_batch(run.spec.training.sft_batch_size)) if mu > 0 else None
 
     train_started = time.perf_counter()
     # A meta step needs both gradients; with mu at 0 or 1 one of them does not exist.
@@ -207,7 +227,7 @@ def train_step(run: Run, step: int) -> Metrics:
     tokens = stats.pop("_tokens")
     point.update(stats)
     params = [p for p in run.model.parameters() if p.requires_grad]
-    point["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, run.spec.training.max_grad_norm))
+    point["grad_norm"] = run.world.clip_grad_norm(params, run.spec.training.max_grad_norm)
     # A batch with no learning signal (every group's rewards equal and no SFT term) must not
     # move the weights. Adam would: it steps along its momentum, replaying the last noisy
     # gradients at nearly full step size for tens of steps (issue 5: in pure GRPO, where
@@ -234,7 +254,8 @@ def sample_rollouts(run: Run, records: list[dict]) -> Rollouts:
     """Sample G completions per prompt from the current policy and score them."""
     t = run.spec.training
     prompts = [encode_prompt(run.tokenizer, r["prompt"], t.max_prompt_tokens) for r in records]
-    completions = run.engine.generate(prompts, t.num_generations, t.max_completion_tokens, t.temperature, t.top_p)
+    with run.world.full_weights(run.model):
+        completions = run.engine.generate(prompts, t.num_generations, t.max_completion_tokens, t.temperature, t.top_p)
     texts = run.tokenizer.batch_decode(completions, skip_special_tokens=True)
     scored = run.scorer.score(texts, [r for r in records for _ in range(t.num_generations)])
     rewards = torch.tensor(scored.rewards, dtype=torch.float32)
@@ -244,15 +265,27 @@ def sample_rollouts(run: Run, records: list[dict]) -> Rollouts:
     return Rollouts(repeated, completions, rewards, correct, scored.per_grader, advantages, zero_signal)
 
 
-def rollout_metrics(rollouts: Rollouts) -> Metrics:
+def rollout_metrics(run: Run, rollouts: Rollouts) -> Metrics:
+    """Statistics of the global batch (every rank's rollouts)."""
+    rewards, correct = run.world.gather(rollouts.rewards), run.world.gather(rollouts.correct)
+    lengths = run.world.gather(torch.tensor([len(c) for c in rollouts.completions], dtype=torch.float64))
     return {
-        "reward_mean": rollouts.rewards.mean().item(),
-        "reward_std": rollouts.rewards.std().item() if len(rollouts.rewards) > 1 else 0.0,
-        "accuracy": rollouts.correct.mean().item(),
-        "zero_signal_frac": rollouts.zero_signal.float().mean().item(),
-        "completion_tokens_mean": sum(len(c) for c in rollouts.completions) / len(rollouts.completions),
-        **{f"reward/{name}": value for name, value in rollouts.per_grader.items()},
+        "reward_mean": rewards.mean().item(),
+        "reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
+        "accuracy": correct.mean().item(),
+        "zero_signal_frac": run.world.gather(rollouts.zero_signal.float()).mean().item(),
+        "completion_tokens_mean": lengths.mean().item(),
+        **_per_grader_means(run, rollouts.per_grader),
     }
+
+
+def _per_grader_means(run: Run, per_grader: dict[str, float]) -> Metrics:
+    """reward/<grader>: each grader's mean over the global batch (ranks hold equal shares)."""
+    names = sorted(per_grader)
+    if not names:
+        return {}
+    means = run.world.gather(torch.tensor([per_grader[name] for name in names], dtype=torch.float64))
+    return {f"reward/{name}": value for name, value in zip(names, means.view(-1, len(names)).mean(0).tolist())}
 
 
 def weighted_backward(run: Run, mu: float, sft_batch, rollouts) -> Metrics:
@@ -277,7 +310,8 @@ def meta_backward(run: Run, mu: float, sft_batch, rollouts) -> Metrics:
     stats.update(rl_backward(run, rollouts, weight=1.0))
     g_rl = take_grads(params)
     form, lr = run.spec.controller.meta_form, run.lr_scheduler.get_last_lr()[0]
-    stats["meta_grad"] = meta_gradient(g_val, g_sft, g_rl, form, lr)
+    local = run.world.local  # this rank's shards; meta_gradient sums the dots over ranks
+    stats["meta_grad"] = meta_gradient(local(g_val), local(g_sft), local(g_rl), form, lr, run.world.sum)
     for p, gs, gr in zip(params, g_sft, g_rl):
         p.grad = gr.mul_(1.0 - mu).add_(gs, alpha=mu)  # in place: no third parameter-sized buffer
     stats["loss"] = mu * stats["sft_loss"] + (1.0 - mu) * stats["rl_loss"]
@@ -288,7 +322,7 @@ def meta_backward(run: Run, mu: float, sft_batch, rollouts) -> Metrics:
 def validation_gradient(run: Run, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
     """Gradient of L_val = -U on a held-out batch (reward utility, or expert NLL)."""
     c = run.spec.controller
-    records = run.streams["validation"].next_batch(c.meta_val_prompts)
+    records = run.world.shard(run.streams["validation"].next_batch(c.meta_val_prompts))
     run.optimizer.zero_grad(set_to_none=True)
     if c.meta_utility == "nll":
         sft_backward(run, records, weight=1.0)
@@ -315,7 +349,7 @@ def sft_backward(run: Run, records: list[dict], weight: float) -> Metrics:
     prompts = [encode_prompt(run.tokenizer, r["prompt"], t.max_prompt_tokens) for r in records]
     targets = [encode_completion(run.tokenizer, r["completion"], t.max_completion_tokens) for r in records]
     batch = pack(prompts, targets, run.tokenizer.pad_token_id).to(run.device)
-    total = batch.completion_mask.sum()
+    total = global_tokens(run, batch.completion_mask)
     loss_value = 0.0
     for part in batch.micro_batches(t.micro_batch_size):
         # share * token-mean over the part = this part's sum over the whole batch's tokens.
@@ -324,7 +358,8 @@ def sft_backward(run: Run, records: list[dict], weight: float) -> Metrics:
         loss = losses.sft_loss(logprobs, part.completion_mask)
         (weight * share * loss).backward()
         loss_value += (share * loss).item()
-    return {"sft_loss": loss_value, "_sft_tokens": int(batch.attention_mask.sum())}
+    loss_value, tokens = run.world.sum([loss_value, float(batch.attention_mask.sum())])
+    return {"sft_loss": loss_value, "_sft_tokens": int(tokens)}
 
 
 def rl_backward(run: Run, rollouts: Rollouts, weight: float, with_kl: bool = True) -> Metrics:
@@ -332,7 +367,7 @@ def rl_backward(run: Run, rollouts: Rollouts, weight: float, with_kl: bool = Tru
     t = run.spec.training
     batch = pack(rollouts.prompts, rollouts.completions, run.tokenizer.pad_token_id).to(run.device)
     advantages = rollouts.advantages.to(run.device)
-    total = batch.completion_mask.sum()
+    total = global_tokens(run, batch.completion_mask)
     sums = {"rl_loss": 0.0, "entropy": 0.0, "clip_frac": 0.0, "kl": 0.0}
     for start, part in zip(range(0, len(advantages), t.micro_batch_size), batch.micro_batches(t.micro_batch_size)):
         share = part.completion_mask.sum() / total
@@ -350,7 +385,14 @@ def rl_backward(run: Run, rollouts: Rollouts, weight: float, with_kl: bool = Tru
         share = share.item()
         for key, value in (("rl_loss", loss.item()), ("entropy", entropy), *extra.items()):
             sums[key] += share * value
-    return {**sums, "_rl_tokens": int(batch.attention_mask.sum())}
+    # Token-weighted shares of the global batch: their sum over ranks is the global mean.
+    *values, tokens = run.world.sum([*sums.values(), float(batch.attention_mask.sum())])
+    return {**dict(zip(sums, values)), "_rl_tokens": int(tokens)}
+
+
+def global_tokens(run: Run, mask: torch.Tensor) -> torch.Tensor:
+    """Completion tokens in the global batch (all ranks): every loss is normalised by it."""
+    return mask.sum().new_tensor(run.world.sum([float(mask.sum())])[0])
 
 
 def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -370,18 +412,23 @@ def _reference_logprobs(run: Run, part) -> torch.Tensor | None:
 
 
 def save(run: Run, out_dir: Path, step: int) -> Path:
-    """Checkpoint everything a resume needs: weights, optimizer, LR and mu schedules, data cursors."""
+    """Checkpoint everything a resume needs: weights, optimizer, LR and mu schedules, data
+    cursors, every rank's RNG. Gathering is collective; only rank 0 writes."""
     state = {
         "lr_scheduler": run.lr_scheduler.state_dict(),
         "schedule": run.schedule.state_dict(),
         "streams": {name: stream.state_dict() for name, stream in run.streams.items()},
     }
-    return save_checkpoint(out_dir, step, state, run.model, run.tokenizer, run.optimizer, run.spec.model)
+    model_state, optimizer_state = run.world.checkpoint_state(run.model, run.optimizer)
+    rank_rng = run.world.rank_rng()
+    return run.world.write_once(lambda: save_checkpoint(
+        out_dir, step, state, run.model, run.tokenizer, optimizer_state, run.spec.model, model_state, rank_rng
+    ))
 
 
 def restore(run: Run, path: Path) -> int:
     """Load a checkpoint into the run; returns the step it was taken after."""
-    state = load_checkpoint(Path(path), run.model, run.optimizer)
+    state = run.world.load_checkpoint(Path(path), run.model, run.optimizer)
     run.lr_scheduler.load_state_dict(state["lr_scheduler"])
     run.schedule.load_state_dict(state["schedule"])
     for name, stream_state in state["streams"].items():

@@ -325,7 +325,8 @@ def _finish(
 
 
 def save_model_folder(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path, base_source: str | None
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path, base_source: str | None,
+    state_dict: dict | None = None,
 ) -> None:
     """Write safetensors weights, config and tokenizer to `path` (created if needed).
 
@@ -339,9 +340,20 @@ def save_model_folder(
             raise ValueError("saving a LoRA model needs base_source, the model source of its base")
         model.save_pretrained(path, safe_serialization=True)
         (path / BASE_MODEL_FILE).write_text(json.dumps({"source": base_source}) + "\n", encoding="utf-8")
+    elif state_dict is not None:  # gathered from a sharded model (issue 14)
+        model.save_pretrained(path, state_dict=state_dict)
+        _plain_architecture(path, model)
     else:
         model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+
+
+def _plain_architecture(path: Path, model: PreTrainedModel) -> None:
+    """fully_shard renames the class (FSDPLlamaForCausalLM); record the real one."""
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["architectures"] = [type(model).__name__.removeprefix("FSDP")]
+    config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict]) -> str:

@@ -8,7 +8,7 @@ Steps are 1-based: step s is the s-th optimizer step.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
@@ -140,8 +140,12 @@ def make_schedule(spec: JobSpec) -> MuSchedule:
 
 
 def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    # Sums of per-parameter dots: under sharding each rank would all-reduce this sum.
+    # A sum of per-parameter dots; under sharding, over this rank's shards (see meta_gradient).
     return float(sum(torch.sum(x.double() * y.double()) for x, y in zip(a, b)))
+
+
+def _no_reduce(values: list[float]) -> list[float]:
+    return values
 
 
 def meta_gradient(
@@ -150,6 +154,7 @@ def meta_gradient(
     g_rl: list[torch.Tensor],
     form: Literal["cosine", "raw"],
     lr: float,
+    sum_over_ranks: Callable[[list[float]], list[float]] = _no_reduce,
 ) -> float:
     """m_t, the first-order estimate of dU(theta')/dmu for theta' = theta - lr (mu g_SFT + (1-mu) g_RL).
 
@@ -158,11 +163,13 @@ def meta_gradient(
     lowers the validation loss more than the RL direction, so mu should rise.
     `raw` returns that; `cosine` returns cos(g_val, g_SFT) - cos(g_val, g_RL), the same
     sign but scale-free, so one eta_meta works across learning rates and model sizes.
+    With sharded parameters each rank passes its own shards and `sum_over_ranks` (an
+    all-reduce) turns the five partial dot products into the full ones, on every rank.
     """
-    dot_sft, dot_rl = _dot(g_val, g_sft), _dot(g_val, g_rl)
+    pairs = [(g_val, g_sft), (g_val, g_rl), (g_val, g_val), (g_sft, g_sft), (g_rl, g_rl)]
+    dot_sft, dot_rl, sq_val, sq_sft, sq_rl = sum_over_ranks([_dot(a, b) for a, b in pairs])
     if form == "raw":
         return lr * (dot_sft - dot_rl)
-    norm_val = math.sqrt(_dot(g_val, g_val))
-    norm_sft, norm_rl = math.sqrt(_dot(g_sft, g_sft)), math.sqrt(_dot(g_rl, g_rl))
+    norm_val, norm_sft, norm_rl = math.sqrt(sq_val), math.sqrt(sq_sft), math.sqrt(sq_rl)
     tiny = 1e-12
     return dot_sft / (norm_val * norm_sft + tiny) - dot_rl / (norm_val * norm_rl + tiny)
