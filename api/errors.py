@@ -13,6 +13,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import (
+    ClientClosed,
     Conflict,
     GatewayTimeout,
     InvalidInput,
@@ -26,6 +27,7 @@ from service.specs import spec_error_lines
 
 STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422, TooLarge: 413, Unauthorized: 401}
 STATUS |= {Unavailable: 503, GatewayTimeout: 504}  # inference (issue 4)
+STATUS |= {ClientClosed: 499}  # nobody reads it: the client has gone (nginx's code)
 DB_RETRY_AFTER_SECONDS = 5
 
 

@@ -17,7 +17,7 @@ from typing import Iterator
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.db import Database
-from service.inference import ChatMessage, Run, list_models, run_generation
+from service.inference import ChatMessage, Run, check_work, list_models, run_generation
 from service.settings import get_settings
 
 PIECE = re.compile(r"\s*\S+|\s+")  # a word with its leading space: one stream chunk each
@@ -67,12 +67,18 @@ class CompletionRequest(OpenAIRequest):
         limit = get_settings().generate_max_prompts
         if isinstance(self.prompt, list) and not 1 <= len(self.prompt) <= limit:
             raise ValueError(f"prompt: send 1 to {limit} prompts")
+        check_work(len(self.prompt) if isinstance(self.prompt, list) else 1, self.n, self.max_tokens or 16)
         return self
 
 
 class ChatRequest(OpenAIRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _bounded(self):
+        check_work(1, self.n, self.max_completion_tokens or self.max_tokens or get_settings().generate_max_tokens)
+        return self
 
 
 def models(db: Database, tenant_id: str) -> dict:

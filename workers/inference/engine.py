@@ -8,11 +8,15 @@ Prompt formatting uses the checkpoint's own tokenizer and chat template
 
 from __future__ import annotations
 
-from workers.inference.batcher import BatcherClosed, MicroBatcher
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Callable
+
+from workers.inference.batcher import INTERACTIVE, Abandoned, BatcherClosed, MicroBatcher, Request
 from workers.inference.types import Completion, InferenceError, PromptResult, Row, RowOutput, Sampling
 from workers.trainer.models import format_prompt
 
 Prompt = str | list[dict]
+POLL_SECONDS = 0.25  # how often a waiting caller checks whether its own caller has gone
 
 
 class BatchedEngine:
@@ -31,29 +35,40 @@ class BatchedEngine:
         """Batching counters: calls, requests, rows, max_requests_per_call."""
         return self.batcher.stats
 
-    def run_batch(self, rows: list[Row]) -> list[RowOutput]:  # pragma: no cover - abstract
+    def run_batch(self, rows: list[Row], yield_now: Callable[[], bool]) -> None:  # pragma: no cover - abstract
+        """Advance every row (its state lives on the row) until all are done or yield_now()."""
         raise NotImplementedError
 
-    def generate(self, prompts: list[Prompt], sampling: Sampling, *, raw: bool = False, timeout: float | None = None) -> list[PromptResult]:
+    def generate(self, prompts: list[Prompt], sampling: Sampling, *, raw: bool = False, timeout: float | None = None,
+                 tenant: str = "", priority: int = INTERACTIVE, deadline: float | None = None,
+                 cancelled: Callable[[], bool] | None = None,
+                 on_step: Callable[[Request], None] | None = None) -> list[PromptResult]:
         """Completions for every prompt (`sampling.n` each).
 
         `raw` sends text prompts as they are (OpenAI /v1/completions); otherwise prompts are
         formatted like training prompts (a chat template when the tokenizer has one).
-        Raises BatcherClosed when the engine was unloaded meanwhile (the caller retries).
+        `tenant` and `priority` place the request in the fair scheduler; `deadline` (wall
+        clock) or `cancelled()` turning true stop its rows within a decode step or two
+        (raises Abandoned). Raises BatcherClosed when the engine was unloaded meanwhile.
         """
         encoded = [self.encode(prompt, raw, sampling.max_tokens) for prompt in prompts]
+        request = self.submit(encoded, sampling, tenant=tenant, priority=priority, deadline=deadline, on_step=on_step)
+        outputs = wait_for(request, timeout, cancelled)
+        results = []
+        for index, ids in enumerate(encoded):
+            mine = outputs[index * sampling.n : (index + 1) * sampling.n]
+            completions = [Completion(o.text, len(o.token_ids), o.finish_reason, o.logprobs) for o in mine]
+            results.append(PromptResult(prompt_tokens=len(ids), completions=completions))
+        return results
+
+    def submit(self, encoded: list[list[int]], sampling: Sampling, **placement) -> Request:
+        """Queue the rows of already encoded prompts (n rows each) and return the request."""
         rows = [
             Row(ids, sampling, None if sampling.seed is None else sampling.seed + index * sampling.n + sample)
             for index, ids in enumerate(encoded)
             for sample in range(sampling.n)
         ]
-        outputs = self.batcher.submit(rows).result(timeout)
-        results = []
-        for index, ids in enumerate(encoded):
-            mine = outputs[index * sampling.n : (index + 1) * sampling.n]
-            completions = [Completion(o.text, len(o.token_ids), o.finish_reason) for o in mine]
-            results.append(PromptResult(prompt_tokens=len(ids), completions=completions))
-        return results
+        return self.batcher.submit(rows, **placement)
 
     def encode(self, prompt: Prompt, raw: bool, max_tokens: int) -> list[int]:
         """Token ids of one prompt; InferenceError("invalid") if it cannot fit the context."""
@@ -76,4 +91,21 @@ class BatchedEngine:
         self.batcher.close()
 
 
-__all__ = ["BatchedEngine", "BatcherClosed", "Prompt"]
+def wait_for(request: Request, timeout: float | None, cancelled: Callable[[], bool] | None) -> list[RowOutput]:
+    """The request's outputs; polls `cancelled` meanwhile and stops the request when it
+    turns true or `timeout` passes (then raises Abandoned)."""
+    waited = 0.0
+    while True:
+        try:
+            return request.future.result(POLL_SECONDS)
+        except FutureTimeout:
+            waited += POLL_SECONDS
+            if (cancelled is not None and cancelled()) or (timeout is not None and waited >= timeout):
+                request.cancel.set()
+                try:
+                    return request.future.result(timeout=30)
+                except FutureTimeout:
+                    raise Abandoned("the request did not stop in time") from None
+
+
+__all__ = ["Abandoned", "BatchedEngine", "BatcherClosed", "Prompt", "wait_for"]

@@ -9,7 +9,10 @@ import logging
 import threading
 import time
 
+from typing import Callable
+
 from service.settings import Settings, get_settings
+from workers.inference.batcher import BATCH, Abandoned
 from workers.inference.loader import engine_cache, model_key
 from workers.inference.types import InferenceError, Sampling
 
@@ -18,21 +21,27 @@ _THREADS_SET = threading.Lock()
 _threads_done = False
 
 
-def generate_reply(payload: dict, settings: Settings | None = None) -> dict | None:
+def generate_reply(payload: dict, settings: Settings | None = None, cancelled: Callable[[], bool] | None = None) -> dict | None:
     """The reply for a /generate payload: {"results": [...], "backend"} or {"error": {...}}.
 
-    None when the payload's deadline has passed (the API stopped waiting: nobody reads it).
+    None when nobody will read it: the payload's deadline passed or `cancelled()` turned
+    true (the API's client went away), before or during generation.
     """
     settings = settings or get_settings()
-    if payload.get("deadline") and time.time() > payload["deadline"]:
+    deadline = payload.get("deadline")
+    if deadline and time.time() > deadline:
         return None
     try:
         key = model_key(payload.get("model") or {})
         sampling = Sampling.from_dict(payload["sampling"])
         prompts = payload["prompts"]
         cache = _cache(settings)
-        results = cache.generate(key, prompts, sampling, raw=bool(payload.get("raw")))
+        results = cache.generate(key, prompts, sampling, raw=bool(payload.get("raw")), tenant=str(payload.get("tenant", "")),
+                                 deadline=deadline, cancelled=cancelled)
         return {"results": [r.to_dict() for r in results], "backend": cache.factory.backend}
+    except Abandoned:
+        log.info("generation abandoned by its caller")
+        return None
     except InferenceError as error:
         return error.to_dict()
     except (KeyError, TypeError, ValueError) as error:
