@@ -164,6 +164,7 @@ class MicroBatcher:
 
         def check() -> bool:
             with self._cond:
+                self._settle()  # answer requests that finished in this slice at once
                 if self._arrived:
                     self._arrived = False
                     if any(id(row) not in picked for row in self._pick_preview()):
