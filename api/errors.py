@@ -1,9 +1,14 @@
 """How failures become HTTP answers, and the request-size guard.
 
-Every error body is `{"detail": "<what to fix>", "problems": ["<one per problem>", ...]}`.
+Every error body is `{"detail": "<what to fix>", "problems": ["<one per problem>", ...]}`,
+except under /v1/ (the OpenAI-compatible routes, issue 19), where it is OpenAI's
+`{"error": {"message", "type", "param", "code"}}` with OpenAI's status classes (a bad
+parameter 400, an unknown model 404, a bad key 401), so that OpenAI clients show it.
 """
 
 from __future__ import annotations
+
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,6 +38,38 @@ DB_RETRY_AFTER_SECONDS = 5
 
 def error_response(status: int, problems: list[str], headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"detail": "; ".join(problems), "problems": problems}, status_code=status, headers=headers)
+
+
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
+                429: "rate_limit_error"}
+PARAM = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
+
+
+def openai_error_response(status: int, problems: list[str], headers: dict | None = None) -> JSONResponse:
+    """OpenAI's error shape. 422 becomes 400, and a `model` that names nothing 404."""
+    problems = [p.removeprefix("body: ") for p in problems]  # whole-request checks name their field
+    match = PARAM.match(problems[0]) if problems else None
+    param = match.group(1) if match else None
+    code = None
+    if status == 422:
+        status = 400
+    if param == "model" and status == 400:
+        status, code = 404, "model_not_found"
+    elif status == 404 and "job" in (problems[0] if problems else ""):
+        param, code = "model", "model_not_found"
+    elif status == 401:
+        code = "invalid_api_key"
+    kind = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    body = {"error": {"message": "; ".join(problems), "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def respond(request: Request, status: int, problems: list[str], headers: dict | None = None) -> JSONResponse:
+    """The error in the shape of the route family that was asked."""
+    if request.url.path == "/v1" or request.url.path.startswith("/v1/"):
+        return openai_error_response(status, problems, headers)
+    return error_response(status, problems, headers)
 
 
 ERROR_SCHEMA = {
@@ -77,22 +114,22 @@ def install_error_handlers(app: FastAPI) -> None:
     document_errors(app)
 
     @app.exception_handler(ServiceError)
-    async def _service_error(_request: Request, error: ServiceError) -> JSONResponse:
+    async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
         status = next((code for cls, code in STATUS.items() if isinstance(error, cls)), 400)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return error_response(status, error.problems, headers)
+        return respond(request, status, error.problems, headers)
 
-    async def _database_unavailable(_request: Request, _error: Exception) -> JSONResponse:
+    async def _database_unavailable(request: Request, _error: Exception) -> JSONResponse:
         # The database is restarting or failing over (issue 6, case 7): a 503 the client can
         # retry, not a 500. Nothing was changed: the transaction rolled back.
-        return error_response(503, ["the job database is unavailable right now; retry shortly"],
+        return respond(request, 503, ["the job database is unavailable right now; retry shortly"],
                               {"Retry-After": str(DB_RETRY_AFTER_SECONDS)})
 
     for error_class in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(error_class, _database_unavailable)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = []
         for item in error.errors():
             loc = [str(part) for part in item.get("loc", ())]
@@ -105,14 +142,14 @@ def install_error_handlers(app: FastAPI) -> None:
             elif item.get("type") == "json_invalid":
                 message = "the body is not valid JSON: " + str(item.get("ctx", {}).get("error", message))
             problems.append(f"{where}: {message}")
-        return error_response(422, problems or spec_error_lines(error))
+        return respond(request, 422, problems or spec_error_lines(error))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         if error.status_code == 400 and "parsing the body" in str(error.detail):
             # FastAPI's answer when the JSON decoder itself fails (e.g. nesting too deep).
-            return error_response(422, ["body: cannot be parsed as JSON (malformed or nested too deeply)"])
-        return error_response(error.status_code, [str(error.detail)], getattr(error, "headers", None))
+            return respond(request, 422, ["body: cannot be parsed as JSON (malformed or nested too deeply)"])
+        return respond(request, error.status_code, [str(error.detail)], getattr(error, "headers", None))
 
 
 class BodyLimit:

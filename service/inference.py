@@ -133,10 +133,13 @@ def resolve_model(db: Database, tenant_id: str, ref: str) -> dict:
     return {"kind": "checkpoint", "job_id": job_id, "step": step, "name": f"{job_id}:{step}"}
 
 
-def run_generation(db: Database, tenant_id: str, model_ref: str, prompts: list, sampling: dict, run: Run, raw: bool = False) -> dict:
-    """Resolve the model, run the request on the worker; the worker's reply plus `model`."""
+def run_generation(db: Database, tenant_id: str, model_ref: str, prompts: list, sampling: dict, run: Run, raw: bool = False,
+                   fit_context: bool = False) -> dict:
+    """Resolve the model, run the request on the worker; the worker's reply plus `model`.
+    `fit_context`: max_tokens is an upper bound the worker lowers to fit the model's context."""
     model = resolve_model(db, tenant_id, model_ref)
-    reply = run({"model": model, "prompts": prompts, "sampling": sampling, "raw": raw, "tenant": tenant_id})
+    payload = {"model": model, "prompts": prompts, "sampling": sampling, "raw": raw, "tenant": tenant_id}
+    reply = run({**payload, "fit_context": True} if fit_context else payload)
     return {**reply, "model": model["name"]}
 
 

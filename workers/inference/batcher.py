@@ -8,7 +8,8 @@ change; rows keep their own decoding state, so a row left out of the next slice 
 later where it stopped.
 
 Who gets the rows of a slice (issue 13, item 7; issue 19, item 7):
-- interactive requests before batch work (evaluations), which only fills free rows;
+- interactive requests before batch work (evaluations): batch rows are paused while any
+  interactive row waits, so an interactive request decodes at its idle speed;
 - within a priority, round-robin between tenants, one row each in turn, so one tenant's
   thousand-row request cannot starve another's one-row request;
 - within a tenant, first come first served (rows already started go first).
@@ -155,6 +156,8 @@ class MicroBatcher:
                     if depth < len(rows) and len(chosen) < self.max_rows:
                         chosen.append(rows[depth])
                 depth += 1
+            if chosen:
+                break  # lower priorities wait: an interactive request decodes without batch rows
         self._turn += 1
         return chosen
 

@@ -9,6 +9,7 @@ Prompt formatting uses the checkpoint's own tokenizer and chat template
 from __future__ import annotations
 
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
 from typing import Callable
 
 from workers.inference.batcher import INTERACTIVE, Abandoned, BatcherClosed, MicroBatcher, Request
@@ -42,7 +43,7 @@ class BatchedEngine:
     def generate(self, prompts: list[Prompt], sampling: Sampling, *, raw: bool = False, timeout: float | None = None,
                  tenant: str = "", priority: int = INTERACTIVE, deadline: float | None = None,
                  cancelled: Callable[[], bool] | None = None,
-                 on_step: Callable[[Request], None] | None = None) -> list[PromptResult]:
+                 on_step: Callable[[Request], None] | None = None, fit_context: bool = False) -> list[PromptResult]:
         """Completions for every prompt (`sampling.n` each).
 
         `raw` sends text prompts as they are (OpenAI /v1/completions); otherwise prompts are
@@ -51,15 +52,34 @@ class BatchedEngine:
         clock) or `cancelled()` turning true stop its rows within a decode step or two
         (raises Abandoned). Raises BatcherClosed when the engine was unloaded meanwhile.
         """
-        encoded = [self.encode(prompt, raw, sampling.max_tokens) for prompt in prompts]
+        if fit_context:  # OpenAI's chat default: up to the end of the context (within the cap)
+            encoded = [self.encode(prompt, raw, 1) for prompt in prompts]
+            sampling = replace(sampling, max_tokens=min(sampling.max_tokens, self.max_context - max(map(len, encoded))))
+        else:
+            encoded = [self.encode(prompt, raw, sampling.max_tokens) for prompt in prompts]
+        self.check_logit_bias(sampling)
         request = self.submit(encoded, sampling, tenant=tenant, priority=priority, deadline=deadline, on_step=on_step)
         outputs = wait_for(request, timeout, cancelled)
         results = []
         for index, ids in enumerate(encoded):
             mine = outputs[index * sampling.n : (index + 1) * sampling.n]
-            completions = [Completion(o.text, len(o.token_ids), o.finish_reason, o.logprobs) for o in mine]
+            completions = [Completion(o.text, len(o.token_ids), o.finish_reason, self.named(o.logprobs)) for o in mine]
             results.append(PromptResult(prompt_tokens=len(ids), completions=completions))
         return results
+
+    def named(self, logprobs: list | None) -> list | None:
+        """Logprob entries with each token's text (and its alternatives' texts)."""
+        if logprobs is None:
+            return None
+        decode = lambda token: self.tokenizer.decode([token])  # noqa: E731
+        return [{"text": decode(e["token"]), "logprob": e["logprob"],
+                 **({"top": [[decode(t), lp] for t, lp in e["top"]]} if "top" in e else {})} for e in logprobs]
+
+    def check_logit_bias(self, sampling: Sampling) -> None:
+        vocab = len(self.tokenizer)
+        for key in sampling.logit_bias or {}:
+            if not str(key).isdigit() or int(key) >= vocab:
+                raise InferenceError("invalid", f"logit_bias: token id {key} is outside this model's vocabulary of {vocab}")
 
     def submit(self, encoded: list[list[int]], sampling: Sampling, **placement) -> Request:
         """Queue the rows of already encoded prompts (n rows each) and return the request."""

@@ -37,7 +37,7 @@ def generate_reply(payload: dict, settings: Settings | None = None, cancelled: C
         prompts = payload["prompts"]
         cache = _cache(settings)
         results = cache.generate(key, prompts, sampling, raw=bool(payload.get("raw")), tenant=str(payload.get("tenant", "")),
-                                 deadline=deadline, cancelled=cancelled)
+                                 deadline=deadline, cancelled=cancelled, fit_context=bool(payload.get("fit_context")))
         return {"results": [r.to_dict() for r in results], "backend": cache.factory.backend}
     except Abandoned:
         log.info("generation abandoned by its caller")
