@@ -63,7 +63,7 @@ def _cache(settings: Settings):
     return engine_cache(settings)
 
 
-EVAL_CHUNK = 32  # prompts per generate call: large enough to batch, small enough to fail fast
+EVAL_CHUNK = 8  # prompts per generate call: small, so progress shows and interactive work slips in between
 
 
 def run_evaluation(evaluation_id: str, settings: Settings | None = None) -> str:
@@ -77,7 +77,7 @@ def run_evaluation(evaluation_id: str, settings: Settings | None = None) -> str:
     if work is None:
         return f"evaluation {evaluation_id}: already finished"
     try:
-        items = _score(work, settings)
+        items = _score(work, settings, lambda done, total: evaluations.record_progress(db, evaluation_id, list(done), total))
     except InferenceError as error:
         evaluations.fail_evaluation(db, evaluation_id, error.message)
         return f"evaluation {evaluation_id}: failed ({error.message})"
@@ -89,7 +89,7 @@ def run_evaluation(evaluation_id: str, settings: Settings | None = None) -> str:
     return f"evaluation {evaluation_id}: {sum(i['correct'] for i in items)}/{len(items)} correct"
 
 
-def _score(work: dict, settings: Settings) -> list[dict]:
+def _score(work: dict, settings: Settings, progress: Callable[[list, int], None]) -> list[dict]:
     from service.specs import DataSourceSpec
     from workers.trainer.data import DatasetError, load_records, require_answers
     from workers.trainer.rewards import extract_answer, is_correct
@@ -104,7 +104,8 @@ def _score(work: dict, settings: Settings) -> list[dict]:
     items = []
     for start in range(0, len(records), EVAL_CHUNK):
         chunk = records[start : start + EVAL_CHUNK]
-        results = cache.generate(key, [r["prompt"] for r in chunk], sampling)
+        results = cache.generate(key, [r["prompt"] for r in chunk], sampling, priority=BATCH,
+                                 tenant=str(work.get("tenant_id", "")))
         for offset, (record, result) in enumerate(zip(chunk, results)):
             completion = result.completions[0]
             items.append({
@@ -113,4 +114,5 @@ def _score(work: dict, settings: Settings) -> list[dict]:
                 "correct": is_correct(completion.text, record["answer"]),
                 "finish_reason": completion.finish_reason, "tokens": completion.tokens,
             })
+        progress(items, len(records))
     return items

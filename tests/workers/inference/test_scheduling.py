@@ -117,3 +117,16 @@ def test_a_row_paused_between_slices_continues_the_same_text(tiny):
     assert engine.stats.calls >= 3  # alice's row was paused and resumed
     assert box["value"][0].completions[0].text == expected
     engine.close()
+
+
+def test_penalties_and_logit_bias_follow_openai_formula():
+    """logits - frequency_penalty * count - presence_penalty * (count > 0) + logit_bias."""
+    from workers.inference.sampling import adjust_logits
+    from workers.inference.types import Row
+
+    logits = torch.zeros(2, 5)
+    penalised = Row([1], Sampling(frequency_penalty=0.5, presence_penalty=1.0, logit_bias={"4": 3.0}), None, generated=[2, 2, 3])
+    plain = Row([1], Sampling(), None, generated=[2])
+    out = adjust_logits(logits, [penalised, plain])
+    assert out[0].tolist() == [0.0, 0.0, -2.0, -1.5, 3.0]
+    assert out[1].tolist() == [0.0] * 5 and logits.abs().sum() == 0  # input untouched
