@@ -102,7 +102,8 @@ class OpenAIRequest(BaseModel):
 
 
 class CompletionRequest(OpenAIRequest):
-    prompt: str | list[str] = Field(description="Text sent as it is (no template).")
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="Text sent as it is (no template), or token ids; one prompt or a list.")
     logprobs: int | None = Field(None, ge=0, le=5, description="Log-probabilities of each token and this many alternatives.")
     echo: bool = False
     best_of: int | None = Field(None, ge=1)
@@ -110,16 +111,25 @@ class CompletionRequest(OpenAIRequest):
     @model_validator(mode="after")
     def _few_prompts(self):
         limit = get_settings().generate_max_prompts
-        if isinstance(self.prompt, list) and not 1 <= len(self.prompt) <= limit:
+        if isinstance(self.prompt, list) and not 1 <= len(self.prompt) <= limit and not self.token_prompt:
             raise ValueError(f"prompt: send 1 to {limit} prompts")
+        if any(isinstance(p, list) and not p for p in self.prompt_list):
+            raise ValueError("prompt: a token-id prompt is empty")
         if self.best_of is not None and self.best_of != self.n:
             raise ValueError("best_of: choosing the best of several samples is not supported; remove it or set it equal to n")
-        if self.echo:
-            raise ValueError("echo: not supported by this server yet; remove it")
-        if self.max_tokens == 0:
-            raise ValueError("max_tokens: 0 is only meaningful with echo, which this server does not support yet")
-        check_work(len(self.prompt) if isinstance(self.prompt, list) else 1, self.n, self.max_tokens or 16)
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens: 0 is only meaningful with echo: true")
+        check_work(len(self.prompt_list), self.n, max(self.max_tokens or 16, 1))
         return self
+
+    @property
+    def token_prompt(self) -> bool:
+        """One prompt given as token ids."""
+        return isinstance(self.prompt, list) and bool(self.prompt) and all(isinstance(t, int) for t in self.prompt)
+
+    @property
+    def prompt_list(self) -> list:
+        return [self.prompt] if isinstance(self.prompt, str) or self.token_prompt else list(self.prompt)
 
 
 class TextPart(BaseModel):
@@ -183,14 +193,15 @@ def model(db: Database, tenant_id: str, model_id: str) -> dict:
 def completions(db: Database, tenant_id: str, request: CompletionRequest, run: Run) -> dict:
     if request.stream and request.logprobs is not None:
         raise InvalidInput("logprobs: not supported with stream: true; remove one of them")
-    prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
     sampling = request.sampling(16 if request.max_tokens is None else request.max_tokens, request.logprobs)
-    reply = run_generation(db, tenant_id, request.model, prompts, sampling, run, raw=True)
-    completions_in_order = [c for result in reply["results"] for c in result["completions"]]
+    sampling["echo"] = request.echo
+    reply = run_generation(db, tenant_id, request.model, request.prompt_list, sampling, run, raw=True)
+    in_order = [(result, c) for result in reply["results"] for c in result["completions"]]
     choices = [
-        {"index": i, "text": c["text"], "finish_reason": c["finish_reason"],
-         "logprobs": None if request.logprobs is None else _completion_logprobs(c)}
-        for i, c in enumerate(completions_in_order)
+        {"index": i, "text": (result.get("prompt_text") or "") + c["text"] if request.echo else c["text"],
+         "finish_reason": c["finish_reason"],
+         "logprobs": None if request.logprobs is None else _completion_logprobs(c, result.get("prompt_logprobs"))}
+        for i, (result, c) in enumerate(in_order)
     ]
     return _envelope("cmpl", "text_completion", reply, choices)
 
@@ -213,15 +224,24 @@ def chat(db: Database, tenant_id: str, request: ChatRequest, run: Run) -> dict:
     return _envelope("chatcmpl", "chat.completion", reply, choices)
 
 
-def _completion_logprobs(completion: dict) -> dict:
-    """The legacy completions shape: tokens, token_logprobs, top_logprobs, text_offset."""
-    entries = completion.get("logprobs") or []
-    offsets, at = [], 0
-    for entry in entries:
+def _completion_logprobs(completion: dict, prompt: list | None = None) -> dict:
+    """The legacy completions shape: tokens, token_logprobs, top_logprobs, text_offset. With
+    echo the prompt's tokens come first; the very first token has no log-probability."""
+    tokens, values, tops, offsets, at = [], [], [], [], 0
+    for entry in prompt or []:
+        text = entry["text"]
+        tokens.append(text)
+        values.append(entry.get("logprob"))
+        tops.append({t: lp for t, lp in entry["top"]} if "top" in entry else None)
+        offsets.append(at)
+        at += len(text)
+    for entry in completion.get("logprobs") or []:
+        tokens.append(entry["text"])
+        values.append(entry["logprob"])
+        tops.append({t: lp for t, lp in entry.get("top", [])})
         offsets.append(at)
         at += len(entry["text"])
-    return {"tokens": [e["text"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
-            "top_logprobs": [{text: lp for text, lp in e.get("top", [])} for e in entries], "text_offset": offsets}
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
 
 
 def _chat_logprobs(completion: dict) -> dict:

@@ -95,7 +95,7 @@ def test_openai_options_models_retrieve_and_logprobs(pg_settings, run_dir, tmp_p
             with pytest.raises(openai.BadRequestError) as caught:
                 client.chat.completions.create(model=job, messages=messages, max_tokens=2, extra_body={name: value})
             assert caught.value.param == name and name in caught.value.message
-        for name, value in {"suffix": "x", "best_of": 3, "echo": True}.items():
+        for name, value in {"suffix": "x", "best_of": 3}.items():
             with pytest.raises(openai.BadRequestError) as caught:
                 client.completions.create(model=job, prompt="Hi", max_tokens=2, extra_body={name: value})
             assert caught.value.param == name
@@ -127,6 +127,20 @@ def test_openai_options_models_retrieve_and_logprobs(pg_settings, run_dir, tmp_p
             assert abs(lp.token_logprobs[position] - float(expected[position, token])) < 1e-4
             top = expected[position].topk(3)
             assert sorted(lp.top_logprobs[position].values(), reverse=True) == pytest.approx(top.values.tolist(), abs=1e-4)
+
+        # echo with max_tokens 0 on a token-id prompt: the prompt's own log-probabilities
+        echoed = client.completions.create(model=job, prompt=prompt_ids, max_tokens=0, echo=True, logprobs=2)
+        e = echoed.choices[0].logprobs
+        assert echoed.choices[0].text == tokenizer.decode(prompt_ids) and len(e.tokens) == len(prompt_ids)
+        assert e.token_logprobs[0] is None and echoed.usage.completion_tokens == 0
+        with torch.no_grad():
+            full = torch.log_softmax(model(torch.tensor([prompt_ids])).logits[0].float(), dim=-1)
+        for i in range(1, len(prompt_ids)):
+            assert abs(e.token_logprobs[i] - float(full[i - 1, prompt_ids[i]])) < 1e-4
+            assert len(e.top_logprobs[i]) <= 2 and max(e.top_logprobs[i].values()) >= e.token_logprobs[i] - 1e-6
+        with_text = client.completions.create(model=job, prompt=prompt, max_tokens=2, echo=True, logprobs=0, temperature=0)
+        assert with_text.choices[0].text.startswith(prompt)
+        assert len(with_text.choices[0].logprobs.tokens) == len(prompt_ids) + with_text.usage.completion_tokens
 
         chat_lp = client.chat.completions.create(model=job, messages=messages, max_tokens=3, temperature=0,
                                                  logprobs=True, top_logprobs=2)

@@ -67,7 +67,7 @@ class Request:
 
     def outputs(self) -> list[RowOutput]:
         return [RowOutput(token_ids=list(r.generated), text=r.text or "", finish_reason=r.finish_reason or "length",
-                          logprobs=r.logprobs) for r in self.rows]
+                          logprobs=r.logprobs, prompt_logprobs=r.prompt_logprobs) for r in self.rows]
 
 
 @dataclass

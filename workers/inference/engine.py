@@ -64,7 +64,12 @@ class BatchedEngine:
         for index, ids in enumerate(encoded):
             mine = outputs[index * sampling.n : (index + 1) * sampling.n]
             completions = [Completion(o.text, len(o.token_ids), o.finish_reason, self.named(o.logprobs)) for o in mine]
-            results.append(PromptResult(prompt_tokens=len(ids), completions=completions))
+            result = PromptResult(prompt_tokens=len(ids), completions=completions)
+            if sampling.echo and mine:
+                result.prompt_text = self.tokenizer.decode(ids)
+                first = {"text": self.tokenizer.decode([ids[0]]), "logprob": None}  # nothing before it
+                result.prompt_logprobs = [first] + self.named(mine[0].prompt_logprobs[1:])
+            results.append(result)
         return results
 
     def named(self, logprobs: list | None) -> list | None:
@@ -92,10 +97,15 @@ class BatchedEngine:
 
     def encode(self, prompt: Prompt, raw: bool, max_tokens: int) -> list[int]:
         """Token ids of one prompt; InferenceError("invalid") if it cannot fit the context."""
-        if raw and not isinstance(prompt, str):
-            raise InferenceError("invalid", "raw prompts must be text")
-        text = prompt if raw else format_prompt(self.tokenizer, prompt)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]  # as in training
+        if raw and isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            ids = list(prompt)  # token ids, as OpenAI completions accept them
+            if any(not 0 <= t < len(self.tokenizer) for t in ids):
+                raise InferenceError("invalid", f"prompt: token ids must lie in this model's vocabulary of {len(self.tokenizer)}")
+        elif raw and not isinstance(prompt, str):
+            raise InferenceError("invalid", "raw prompts must be text or token ids")
+        else:
+            text = prompt if raw else format_prompt(self.tokenizer, prompt)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]  # as in training
         if not ids:
             raise InferenceError("invalid", "a prompt is empty; send at least one character")
         if len(ids) + max_tokens > self.max_context:

@@ -44,6 +44,7 @@ class TransformersEngine(BatchedEngine):
         generated so far. Every step drops rows whose request was abandoned and tells
         streaming requests that tokens were added.
         """
+        self._score_prompts([row for row in rows if row.sampling.echo and row.prompt_logprobs is None])
         for row in rows:
             if not row.done and len(row.generated) >= row.sampling.max_tokens:  # max_tokens 0 (echo)
                 row.finish_reason, row.text = "length", self.tokenizer.decode(row.generated, skip_special_tokens=True)
@@ -78,6 +79,16 @@ class TransformersEngine(BatchedEngine):
             input_ids = tokens.masked_fill(done, self.pad_id).unsqueeze(1)
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(rows), 1))], dim=1)
             position_ids = position_ids[:, -1:] + 1
+
+    def _score_prompts(self, rows: list[Row]) -> None:
+        """With echo: each prompt token's log-probability given the tokens before it (the
+        model's log-softmax, one full forward per prompt; the first token has none)."""
+        for row in rows:
+            ids = torch.tensor([row.prompt_ids], device=self.device)
+            log_probs = torch.log_softmax(self.model(input_ids=ids).logits[0].float(), dim=-1)  # [L, V]
+            top = row.sampling.logprobs or 0
+            row.prompt_logprobs = [None] + [token_logprobs(log_probs[i - 1], row.prompt_ids[i], top)
+                                            for i in range(1, len(row.prompt_ids))]
 
     def _record_logprobs(self, rows: list[Row], logits: torch.Tensor, tokens: torch.Tensor) -> None:
         """The model's own log-softmax (before temperature, penalties, bias) of each token."""

@@ -40,6 +40,7 @@ class Sampling:
     presence_penalty: float = 0.0
     logit_bias: dict | None = None  # token id (as text, JSON keys) -> bias added to its logit
     logprobs: int | None = None  # None: none; k >= 0: each token's logprob plus k alternatives
+    echo: bool = False  # also score the prompt's tokens (OpenAI completions' echo)
 
     @classmethod
     def from_dict(cls, data: dict) -> Sampling:
@@ -65,10 +66,13 @@ class PromptResult:
 
     prompt_tokens: int
     completions: list[Completion] = field(default_factory=list)
+    prompt_text: str | None = None  # with echo: the prompt as text
+    prompt_logprobs: list | None = None  # with echo: one entry per prompt token (the first None)
 
     def to_dict(self) -> dict:
         completions = [{k: v for k, v in asdict(c).items() if k != "logprobs" or v is not None} for c in self.completions]
-        return {"prompt_tokens": self.prompt_tokens, "completions": completions}
+        echo = {} if self.prompt_logprobs is None else {"prompt_text": self.prompt_text, "prompt_logprobs": self.prompt_logprobs}
+        return {"prompt_tokens": self.prompt_tokens, "completions": completions, **echo}
 
 
 @dataclass(eq=False)
@@ -90,6 +94,7 @@ class Row:
     generator: Any = None  # the engine's per-row RNG, created on first use
     request: Any = None  # the batcher's request this row belongs to
     logprobs: list | None = None  # per generated token, when the sampling asks for them
+    prompt_logprobs: list | None = None  # per prompt token (the first is None), with echo
 
     @property
     def done(self) -> bool:
@@ -104,3 +109,4 @@ class RowOutput:
     text: str
     finish_reason: FinishReason
     logprobs: list | None = None
+    prompt_logprobs: list | None = None
