@@ -1,11 +1,15 @@
 """How failures become HTTP answers, and the request-size guard.
 
-Every error body is `{"detail": "<what to fix>", "problems": ["<one per problem>", ...]}`.
+Every error body is `{"detail": "<what to fix>", "problems": ["<one per problem>", ...]}`,
+except under /v1/ (the OpenAI-compatible routes, issue 19), where it is OpenAI's
+`{"error": {"message", "type", "param", "code"}}` with OpenAI's status classes (a bad
+parameter 400, an unknown model 404, a bad key 401), so that OpenAI clients show it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import (
+    ClientClosed,
     Conflict,
     GatewayTimeout,
     InvalidInput,
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422, TooLarge: 413, Unauthorized: 401}
 STATUS |= {Unavailable: 503, GatewayTimeout: 504}  # inference (issue 4)
 STATUS |= {TooManyRequests: 429}  # per-tenant quotas (issue 13, item 8)
+STATUS |= {ClientClosed: 499}  # nobody reads it: the client has gone (nginx's code)
 DB_RETRY_AFTER_SECONDS = 5
 INTERNAL_ERROR = ("internal server error: the server logged it; retry, and report it with the time of the "
                   "request if it persists")
@@ -40,6 +46,38 @@ INTERNAL_ERROR = ("internal server error: the server logged it; retry, and repor
 
 def error_response(status: int, problems: list[str], headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"detail": "; ".join(problems), "problems": problems}, status_code=status, headers=headers)
+
+
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
+                429: "rate_limit_error"}
+PARAM = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
+
+
+def openai_error_response(status: int, problems: list[str], headers: dict | None = None) -> JSONResponse:
+    """OpenAI's error shape. 422 becomes 400, and a `model` that names nothing 404."""
+    problems = [p.removeprefix("body: ") for p in problems]  # whole-request checks name their field
+    match = PARAM.match(problems[0]) if problems else None
+    param = match.group(1) if match else None
+    code = None
+    if status == 422:
+        status = 400
+    if param == "model" and status == 400:
+        status, code = 404, "model_not_found"
+    elif status == 404 and "job" in (problems[0] if problems else ""):
+        param, code = "model", "model_not_found"
+    elif status == 401:
+        code = "invalid_api_key"
+    kind = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    body = {"error": {"message": "; ".join(problems), "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def respond(request: Request, status: int, problems: list[str], headers: dict | None = None) -> JSONResponse:
+    """The error in the shape of the route family that was asked."""
+    if request.url.path == "/v1" or request.url.path.startswith("/v1/"):
+        return openai_error_response(status, problems, headers)
+    return error_response(status, problems, headers)
 
 
 ERROR_SCHEMA = {
@@ -89,29 +127,29 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         # Messages relayed from workers may quote server paths (issue 13, item 5).
         problems = [redact_paths(problem, request.app.state.settings) for problem in error.problems]
-        return error_response(status, problems, headers)
+        return respond(request, status, problems, headers)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, _error: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, _error: Exception) -> JSONResponse:
         # The last resort behind InternalErrors (e.g. a middleware added outside it):
         # Starlette's outermost middleware calls this and logs the traceback; the client gets
         # the documented JSON shape, not a plain-text "Internal Server Error" or the details.
-        return error_response(500, [INTERNAL_ERROR])
+        return respond(request, 500, [INTERNAL_ERROR])
 
-    async def _database_unavailable(_request: Request, error: Exception) -> JSONResponse:
+    async def _database_unavailable(request: Request, error: Exception) -> JSONResponse:
         # The database is restarting or failing over (issue 6, case 7): a 503 the client can
         # retry, not a 500. Nothing was changed: the transaction rolled back.
         if not is_transient(error):  # issue 13, item 10: a retry cannot succeed, so no 503
-            return error_response(500, ["the database refused this request (a limit of the database, not an "
-                                        "outage); retrying the same request will not help"])
-        return error_response(503, ["the job database is unavailable right now; retry shortly"],
+            return respond(request, 500, ["the database refused this request (a limit of the database, not an "
+                                          "outage); retrying the same request will not help"])
+        return respond(request, 503, ["the job database is unavailable right now; retry shortly"],
                               {"Retry-After": str(DB_RETRY_AFTER_SECONDS)})
 
     for error_class in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(error_class, _database_unavailable)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = []
         for item in error.errors():
             loc = [str(part) for part in item.get("loc", ())]
@@ -124,14 +162,14 @@ def install_error_handlers(app: FastAPI) -> None:
             elif item.get("type") == "json_invalid":
                 message = "the body is not valid JSON: " + str(item.get("ctx", {}).get("error", message))
             problems.append(f"{where}: {message}")
-        return error_response(422, problems or spec_error_lines(error))
+        return respond(request, 422, problems or spec_error_lines(error))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         if error.status_code == 400 and "parsing the body" in str(error.detail):
             # FastAPI's answer when the JSON decoder itself fails (e.g. nesting too deep).
-            return error_response(422, ["body: cannot be parsed as JSON (malformed or nested too deeply)"])
-        return error_response(error.status_code, [str(error.detail)], getattr(error, "headers", None))
+            return respond(request, 422, ["body: cannot be parsed as JSON (malformed or nested too deeply)"])
+        return respond(request, error.status_code, [str(error.detail)], getattr(error, "headers", None))
 
 
 class InternalErrors:
@@ -160,7 +198,9 @@ class InternalErrors:
             if started:
                 raise
             log.exception("unhandled error in %s %s", scope["method"], scope["path"])
-            await error_response(500, [INTERNAL_ERROR])(scope, receive, send)
+            path = scope.get("path", "")
+            shape = openai_error_response if path == "/v1" or path.startswith("/v1/") else error_response
+            await shape(500, [INTERNAL_ERROR])(scope, receive, send)
 # SQLSTATE classes of errors that the same statement meets again on retry: data exception,
 # syntax or access rule, program limit exceeded (e.g. too many function arguments), feature not supported.
 PERMANENT_SQLSTATE_CLASSES = ("22", "42", "54", "0A")

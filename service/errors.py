@@ -50,3 +50,7 @@ class Unavailable(ServiceError):
 
 class GatewayTimeout(ServiceError):
     """A backend (the inference worker) did not answer in time."""
+
+
+class ClientClosed(ServiceError):
+    """The caller disconnected before the answer was ready; its work was stopped."""

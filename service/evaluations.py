@@ -115,6 +115,7 @@ def evaluation_view(row: Evaluation, items: bool = False) -> dict:
         "id": row.id, "job_id": row.job_id, "step": row.step, "model": f"{row.job_id}:{row.step}",
         "status": row.status, "dataset": row.dataset, "sampling": row.sampling,
         "total": row.total, "correct": row.correct, "accuracy": row.accuracy,
+        "progress": {"done": len(row.items or []), "total": row.total},
         "error": row.error_message, "created_at": row.created_at,
         "started_at": row.started_at, "finished_at": row.finished_at,
     }
@@ -139,7 +140,18 @@ def start_evaluation(db: Database, evaluation_id: str) -> dict | None:
         row = session.get(Evaluation, evaluation_id)
         reward = (session.get(Job, row.job_id).spec or {}).get("reward")  # the job's graders score it
         return {"id": row.id, "job_id": row.job_id, "step": row.step, "dataset": row.dataset,
-                "sampling": row.sampling, "reward": reward}
+                "sampling": row.sampling, "reward": reward,
+                "tenant_id": row.tenant_id}
+
+
+def record_progress(db: Database, evaluation_id: str, items: list[dict], total: int) -> None:
+    """Store the items scored so far and the item count, so GET shows done / total."""
+    with db.transaction() as session:
+        session.execute(
+            update(Evaluation)
+            .where(Evaluation.id == evaluation_id, Evaluation.status == "running")
+            .values(items=items, total=total)
+        )
 
 
 def finish_evaluation(db: Database, evaluation_id: str, items: list[dict]) -> None:

@@ -86,6 +86,21 @@ class GenerateRequest(SamplingFields):
             raise ValueError(f"{len(prompts)} prompts exceed this deployment's limit of {limit} per request")
         return prompts
 
+    @model_validator(mode="after")
+    def _bounded_work(self):
+        check_work(len(self.prompts), self.n, self.max_tokens)
+        return self
+
+
+def check_work(prompts: int, n: int, max_tokens: int) -> None:
+    """Bound the work of one request: prompts x n x max_tokens tokens (ValueError -> 422)."""
+    limit = get_settings().generate_max_work_tokens
+    if prompts * n * max_tokens > limit:
+        raise ValueError(
+            f"{prompts} prompt(s) x n {n} x max_tokens {max_tokens} = {prompts * n * max_tokens} tokens exceed this "
+            f"deployment's limit of {limit} per request; send fewer prompts, a smaller n or a smaller max_tokens"
+        )
+
 
 def resolve_model(db: Database, tenant_id: str, ref: str) -> dict:
     """The worker's model reference for `ref`, checked against the tenant's checkpoints.
@@ -118,10 +133,13 @@ def resolve_model(db: Database, tenant_id: str, ref: str) -> dict:
     return {"kind": "checkpoint", "job_id": job_id, "step": step, "name": f"{job_id}:{step}"}
 
 
-def run_generation(db: Database, tenant_id: str, model_ref: str, prompts: list, sampling: dict, run: Run, raw: bool = False) -> dict:
-    """Resolve the model, run the request on the worker; the worker's reply plus `model`."""
+def run_generation(db: Database, tenant_id: str, model_ref: str, prompts: list, sampling: dict, run: Run, raw: bool = False,
+                   fit_context: bool = False) -> dict:
+    """Resolve the model, run the request on the worker; the worker's reply plus `model`.
+    `fit_context`: max_tokens is an upper bound the worker lowers to fit the model's context."""
     model = resolve_model(db, tenant_id, model_ref)
-    reply = run({"model": model, "prompts": prompts, "sampling": sampling, "raw": raw})
+    payload = {"model": model, "prompts": prompts, "sampling": sampling, "raw": raw, "tenant": tenant_id}
+    reply = run({**payload, "fit_context": True} if fit_context else payload)
     return {**reply, "model": model["name"]}
 
 

@@ -12,71 +12,169 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import ClassVar, Iterator
+from typing import Iterator
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.db import Database
-from service.inference import ChatMessage, Run, list_models, run_generation
+from service.errors import InvalidInput, NotFound
+from service.inference import Run, check_work, list_models, run_generation
 from service.settings import get_settings
 
 PIECE = re.compile(r"\s*\S+|\s+")  # a word with its leading space: one stream chunk each
 
 
-class OpenAIRequest(BaseModel):
-    """Fields both endpoints share. Unknown OpenAI options are ignored, as OpenAI does
-    for ones it does not know; the ones that would change results are refused below."""
+REFUSED = {
+    "tools": "tool calling is not supported by this server",
+    "tool_choice": "tool calling is not supported by this server",
+    "functions": "function calling is not supported by this server",
+    "function_call": "function calling is not supported by this server",
+    "parallel_tool_calls": "tool calling is not supported by this server",
+    "suffix": "insertion (suffix) is not supported by this server",
+    "audio": "audio output is not supported by this server",
+    "modalities": "only text output is supported",
+    "prediction": "predicted outputs are not supported by this server",
+    "web_search_options": "web search is not supported by this server",
+    "reasoning_effort": "this server's models have no reasoning settings",
+}
+INFORMATIONAL = {"user", "metadata", "store", "service_tier"}  # change nothing about the output
 
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # finite floats only (issue 13, item 2)
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # finite floats only (issue 13, item 2)
+    include_usage: bool = False
+
+
+class OpenAIRequest(BaseModel):
+    """Fields both endpoints share. Every option is either honoured or refused with a 400
+    that names it (issue 19, item 5): none is accepted and ignored, except the purely
+    informational `user`, `metadata`, `store` and `service_tier`."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # finite floats only (issue 13, item 2)
     model: str
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=0)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     stop: str | list[str] | None = None
     stream: bool = False
-    logprobs: bool | int | None = None
-    echo: bool = False
-    # Every field (and alias of one) that sizes the work -> the setting capping it. A
-    # subclass adding an alias adds it here (issue 13, item 3: max_completion_tokens).
-    CAPS: ClassVar[dict[str, str]] = {"max_tokens": "generate_max_tokens", "n": "generate_max_n"}
+    stream_options: StreamOptions | None = None
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
 
     @model_validator(mode="after")
     def _supported(self):
         limits = get_settings()
-        if self.logprobs or self.echo:
-            raise ValueError("logprobs and echo are not supported by this server; remove them")
-        for field, setting in self.CAPS.items():
-            value, limit = getattr(self, field), getattr(limits, setting)
-            if value is not None and value > limit:
-                raise ValueError(f"{field} = {value} exceeds this deployment's limit of {limit}")
+        for name in self.model_extra or {}:
+            if name in REFUSED:
+                raise ValueError(f"{name}: {REFUSED[name]}; remove it")
+            if name not in INFORMATIONAL:
+                raise ValueError(f"{name}: not supported by this server; remove it")
+        if self.max_tokens is not None and self.max_tokens > limits.generate_max_tokens:
+            raise ValueError(f"max_tokens: {self.max_tokens} exceeds this deployment's limit of {limits.generate_max_tokens}")
+        if self.n > limits.generate_max_n:
+            raise ValueError(f"n: {self.n} exceeds this deployment's limit of {limits.generate_max_n}")
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         if len(stops) > 4 or any(not s or len(s) > 64 for s in stops):
             raise ValueError("stop: at most 4 non-empty strings of up to 64 characters")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options: only allowed with stream: true")
+        for key, bias in (self.logit_bias or {}).items():
+            if not key.isdigit() or not -100 <= bias <= 100:
+                raise ValueError("logit_bias: keys are token ids, values between -100 and 100")
+        if len(self.logit_bias or {}) > 300:
+            raise ValueError("logit_bias: at most 300 tokens")
         return self
 
-    def sampling(self, default_max_tokens: int) -> dict:
+    def sampling(self, max_tokens: int, logprobs: int | None) -> dict:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        return {"max_tokens": self.max_tokens or default_max_tokens, "temperature": self.temperature,
-                "top_p": self.top_p, "n": self.n, "seed": self.seed, "stop": stops}
+        return {"max_tokens": max_tokens, "temperature": self.temperature, "top_p": self.top_p, "n": self.n,
+                "seed": self.seed, "stop": stops, "frequency_penalty": self.frequency_penalty,
+                "presence_penalty": self.presence_penalty, "logit_bias": self.logit_bias or None, "logprobs": logprobs}
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
 
 
 class CompletionRequest(OpenAIRequest):
-    prompt: str | list[str] = Field(description="Text sent as it is (no template).")
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="Text sent as it is (no template), or token ids; one prompt or a list.")
+    logprobs: int | None = Field(None, ge=0, le=5, description="Log-probabilities of each token and this many alternatives.")
+    echo: bool = False
+    best_of: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _few_prompts(self):
         limit = get_settings().generate_max_prompts
-        if isinstance(self.prompt, list) and not 1 <= len(self.prompt) <= limit:
+        if isinstance(self.prompt, list) and not 1 <= len(self.prompt) <= limit and not self.token_prompt:
             raise ValueError(f"prompt: send 1 to {limit} prompts")
+        if any(isinstance(p, list) and not p for p in self.prompt_list):
+            raise ValueError("prompt: a token-id prompt is empty")
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError("best_of: choosing the best of several samples is not supported; remove it or set it equal to n")
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens: 0 is only meaningful with echo: true")
+        check_work(len(self.prompt_list), self.n, max(self.max_tokens or 16, 1))
         return self
+
+    @property
+    def token_prompt(self) -> bool:
+        """One prompt given as token ids."""
+        return isinstance(self.prompt, list) and bool(self.prompt) and all(isinstance(t, int) for t in self.prompt)
+
+    @property
+    def prompt_list(self) -> list:
+        return [self.prompt] if isinstance(self.prompt, str) or self.token_prompt else list(self.prompt)
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # finite floats only (issue 13, item 2)
+    type: Literal["text"]
+    text: str = Field(max_length=100_000)
+
+
+class OpenAIMessage(BaseModel):
+    """A chat message as OpenAI clients send it: content as text or a list of text parts,
+    roles system, developer (treated as system), user and assistant, an optional name."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # finite floats only (issue 13, item 2)
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] = Field(description="Text, or a list of text parts (joined).")
+    name: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+
+    def plain(self) -> dict:
+        """The message as the checkpoint's template takes it. A name is written before the
+        content (`name: text`), since most chat templates have no field for it."""
+        text = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+        role = "system" if self.role == "developer" else self.role
+        return {"role": role, "content": f"{self.name}: {text}" if self.name else text}
 
 
 class ChatRequest(OpenAIRequest):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens
-    CAPS: ClassVar[dict[str, str]] = {**OpenAIRequest.CAPS, "max_completion_tokens": "generate_max_tokens"}
+    messages: list[OpenAIMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: dict | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self):
+        limits = get_settings()
+        if self.max_completion_tokens is not None and self.max_completion_tokens > limits.generate_max_tokens:
+            raise ValueError(f"max_completion_tokens: {self.max_completion_tokens} exceeds this deployment's limit of {limits.generate_max_tokens}")
+        if self.max_tokens == 0:
+            raise ValueError("max_tokens: must be at least 1 for chat")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs: only allowed with logprobs: true")
+        if self.response_format not in (None, {"type": "text"}):
+            raise ValueError("response_format: only {\"type\": \"text\"} is supported (no JSON mode or schemas); remove it")
+        check_work(1, self.n, self.max_completion_tokens or self.max_tokens or limits.generate_max_tokens)
+        return self
 
 
 def models(db: Database, tenant_id: str) -> dict:
@@ -84,31 +182,80 @@ def models(db: Database, tenant_id: str) -> dict:
     return {"object": "list", "data": data}
 
 
+def model(db: Database, tenant_id: str, model_id: str) -> dict:
+    """GET /v1/models/{id}: one of the ids /v1/models lists."""
+    for entry in models(db, tenant_id)["data"]:
+        if entry["id"] == model_id:
+            return entry
+    raise NotFound(f"model: no model {model_id[:80]!r}; GET /v1/models lists yours")
+
+
 def completions(db: Database, tenant_id: str, request: CompletionRequest, run: Run) -> dict:
-    prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
-    reply = run_generation(db, tenant_id, request.model, prompts, request.sampling(16), run, raw=True)
-    completions_in_order = [c for result in reply["results"] for c in result["completions"]]
+    if request.stream and request.logprobs is not None:
+        raise InvalidInput("logprobs: not supported with stream: true; remove one of them")
+    sampling = request.sampling(16 if request.max_tokens is None else request.max_tokens, request.logprobs)
+    sampling["echo"] = request.echo
+    reply = run_generation(db, tenant_id, request.model, request.prompt_list, sampling, run, raw=True)
+    in_order = [(result, c) for result in reply["results"] for c in result["completions"]]
     choices = [
-        {"index": i, "text": c["text"], "finish_reason": c["finish_reason"], "logprobs": None}
-        for i, c in enumerate(completions_in_order)
+        {"index": i, "text": (result.get("prompt_text") or "") + c["text"] if request.echo else c["text"],
+         "finish_reason": c["finish_reason"],
+         "logprobs": None if request.logprobs is None else _completion_logprobs(c, result.get("prompt_logprobs"))}
+        for i, (result, c) in enumerate(in_order)
     ]
     return _envelope("cmpl", "text_completion", reply, choices)
 
 
 def chat(db: Database, tenant_id: str, request: ChatRequest, run: Run) -> dict:
-    conversation = [m.model_dump() for m in request.messages]
+    """Without max_tokens, as OpenAI: generate until the end of the model's context, here
+    also bounded by the deployment cap (AMFT_GENERATE_MAX_TOKENS); the worker fits it."""
+    if request.stream and request.logprobs:
+        raise InvalidInput("logprobs: not supported with stream: true; remove one of them")
+    conversation = [m.plain() for m in request.messages]
     max_tokens = request.max_completion_tokens or request.max_tokens
-    sampling = request.model_copy(update={"max_tokens": max_tokens}).sampling(get_settings().generate_max_tokens)
-    reply = run_generation(db, tenant_id, request.model, [conversation], sampling, run)
+    top = (request.top_logprobs or 0) if request.logprobs else None
+    sampling = request.sampling(max_tokens or get_settings().generate_max_tokens, top)
+    reply = run_generation(db, tenant_id, request.model, [conversation], sampling, run, fit_context=max_tokens is None)
     choices = [
-        {"index": i, "message": {"role": "assistant", "content": c["text"]}, "finish_reason": c["finish_reason"], "logprobs": None}
+        {"index": i, "message": {"role": "assistant", "content": c["text"]}, "finish_reason": c["finish_reason"],
+         "logprobs": _chat_logprobs(c) if request.logprobs else None}
         for i, c in enumerate(reply["results"][0]["completions"])
     ]
     return _envelope("chatcmpl", "chat.completion", reply, choices)
 
 
-def chat_chunks(response: dict) -> Iterator[dict]:
-    """A chat.completion as `chat.completion.chunk` objects: role, content pieces, finish."""
+def _completion_logprobs(completion: dict, prompt: list | None = None) -> dict:
+    """The legacy completions shape: tokens, token_logprobs, top_logprobs, text_offset. With
+    echo the prompt's tokens come first; the very first token has no log-probability."""
+    tokens, values, tops, offsets, at = [], [], [], [], 0
+    for entry in prompt or []:
+        text = entry["text"]
+        tokens.append(text)
+        values.append(entry.get("logprob"))
+        tops.append({t: lp for t, lp in entry["top"]} if "top" in entry else None)
+        offsets.append(at)
+        at += len(text)
+    for entry in completion.get("logprobs") or []:
+        tokens.append(entry["text"])
+        values.append(entry["logprob"])
+        tops.append({t: lp for t, lp in entry.get("top", [])})
+        offsets.append(at)
+        at += len(entry["text"])
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+
+
+def _chat_logprobs(completion: dict) -> dict:
+    def item(text: str, logprob: float) -> dict:
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    content = [{**item(e["text"], e["logprob"]), "top_logprobs": [item(t, lp) for t, lp in e.get("top", [])]}
+               for e in completion.get("logprobs") or []]
+    return {"content": content}
+
+
+def chat_chunks(response: dict, include_usage: bool = False) -> Iterator[dict]:
+    """A chat.completion as `chat.completion.chunk` objects: role, content pieces, finish,
+    and the usage chunk when stream_options.include_usage asked for it."""
     base = {"id": response["id"], "object": "chat.completion.chunk", "created": response["created"], "model": response["model"]}
     for choice in response["choices"]:
         index = choice["index"]
@@ -116,16 +263,19 @@ def chat_chunks(response: dict) -> Iterator[dict]:
         for piece in PIECE.findall(choice["message"]["content"]):
             yield {**base, "choices": [{"index": index, "delta": {"content": piece}, "finish_reason": None}]}
         yield {**base, "choices": [{"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}]}
-    yield {**base, "choices": [], "usage": response["usage"]}
+    if include_usage:
+        yield {**base, "choices": [], "usage": response["usage"]}
 
 
-def completion_chunks(response: dict) -> Iterator[dict]:
-    """A text_completion as streamed chunks (same object type, text pieces)."""
+def completion_chunks(response: dict, include_usage: bool = False) -> Iterator[dict]:
+    """A text_completion as streamed chunks (same object type, text pieces), then usage."""
     base = {"id": response["id"], "object": "text_completion", "created": response["created"], "model": response["model"]}
     for choice in response["choices"]:
         for piece in PIECE.findall(choice["text"]):
             yield {**base, "choices": [{"index": choice["index"], "text": piece, "finish_reason": None, "logprobs": None}]}
         yield {**base, "choices": [{"index": choice["index"], "text": "", "finish_reason": choice["finish_reason"], "logprobs": None}]}
+    if include_usage:
+        yield {**base, "choices": [], "usage": response["usage"]}
 
 
 def _envelope(prefix: str, kind: str, reply: dict, choices: list[dict]) -> dict:

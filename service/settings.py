@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     vllm_gpu_memory_utilization: float = Field(0.85, description="vLLM's share of GPU memory per engine.")
     vllm_max_lora_rank: int = Field(64, description="Largest LoRA rank the vLLM engine accepts.")
     evaluation_max_items: int = Field(2000, description="Most dataset items one evaluation may score.")
+    # Inference fairness and bounds (issue 13, item 7; issue 19).
+    generate_max_work_tokens: int = Field(
+        131072, description="Cap on prompts x n x max_tokens of one generation request (422 above it)."
+    )
 
     # Event streams (issue 13, item 5).
     sse_key_recheck_seconds: float = Field(

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 from typing import Iterator
 
+from functools import partial
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from api.deps import principal
+from api.disconnect import disconnect_probe
 from service import openai_compat
 from service.auth import Principal
 from service.openai_compat import ChatRequest, CompletionRequest
@@ -29,18 +32,26 @@ def models(request: Request, who: Principal = Depends(principal)) -> dict:
     return openai_compat.models(request.app.state.db, who.tenant_id)
 
 
+@router.get("/models/{model_id:path}")
+def model(model_id: str, request: Request, who: Principal = Depends(principal)) -> dict:
+    """One model of /v1/models (404 for any other id)."""
+    return openai_compat.model(request.app.state.db, who.tenant_id, model_id)
+
+
 @router.post("/completions", responses=STREAMED)
 def completions(body: CompletionRequest, request: Request, who: Principal = Depends(principal)):
     state = request.app.state
-    response = openai_compat.completions(state.db, who.tenant_id, body, state.inference.generate)
-    return _sse(openai_compat.completion_chunks(response)) if body.stream else response
+    run = partial(state.inference.generate, disconnected=disconnect_probe(request))
+    response = openai_compat.completions(state.db, who.tenant_id, body, run)
+    return _sse(openai_compat.completion_chunks(response, body.include_usage)) if body.stream else response
 
 
 @router.post("/chat/completions", responses=STREAMED)
 def chat_completions(body: ChatRequest, request: Request, who: Principal = Depends(principal)):
     state = request.app.state
-    response = openai_compat.chat(state.db, who.tenant_id, body, state.inference.generate)
-    return _sse(openai_compat.chat_chunks(response)) if body.stream else response
+    run = partial(state.inference.generate, disconnected=disconnect_probe(request))
+    response = openai_compat.chat(state.db, who.tenant_id, body, run)
+    return _sse(openai_compat.chat_chunks(response, body.include_usage)) if body.stream else response
 
 
 def _sse(chunks: Iterator[dict]) -> StreamingResponse:

@@ -21,7 +21,7 @@ class InferenceWorker:
         self.settings, self.log_path, self.concurrency = settings, log_dir / "inference-worker.log", concurrency
 
     def __enter__(self) -> InferenceWorker:
-        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1", "AMFT_INFERENCE_TORCH_THREADS": "2"}
+        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1", "AMFT_INFERENCE_TORCH_THREADS": "1"}
         self.log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", "inference",

@@ -67,3 +67,34 @@ def test_evaluation_accuracy_matches_its_stored_outputs(pg_settings, run_dir, tm
             assert other.get(f"/jobs/{job}/evaluations").status_code == 404
             assert other.get(f"/jobs/{job}/evaluations/{created.json()['id']}").status_code == 404
             assert other.post(f"/jobs/{job}/evaluations", json=body).status_code == 404
+
+
+@pytest.mark.timeout(600)
+def test_interactive_generate_completes_while_a_200_item_evaluation_runs(pg_settings, run_dir, tmp_path):
+    """Evaluations decode at batch priority in small chunks: a /generate on the same
+    checkpoint is answered while the evaluation is still running, and the evaluation
+    reports its progress (done / total) meanwhile."""
+    with ApiServer(pg_settings) as api, InferenceWorker(pg_settings, tmp_path) as worker:
+        alice = api.key("alice")
+        tenant = authenticate(get_database(pg_settings.resolved_database_url), alice).tenant_id
+        job = job_with_checkpoints(pg_settings, tenant, run_dir)
+        body = {"step": 10, "dataset": {"source": "builtin:arithmetic", "split": "id"}, "limit": 200,
+                "sampling": {"max_tokens": 24, "temperature": 0}}
+        small = {"model": f"{job}:10", "prompts": ["Tom has 3 apples."], "max_tokens": 4, "temperature": 0}
+        with api.client(alice) as client:
+            client.timeout = 180
+            assert client.post("/generate", json=small).status_code == 200, worker.logs()  # engine loaded
+            evaluation = client.post(f"/jobs/{job}/evaluations", json=body).json()["id"]
+            url = f"/jobs/{job}/evaluations/{evaluation}"
+            progress = None
+            deadline = time.monotonic() + 300
+            while progress is None or not progress["done"]:
+                assert time.monotonic() < deadline, worker.logs()
+                progress = client.get(url).json()["progress"]
+                time.sleep(0.2)
+            answer = client.post("/generate", json=small)
+            after = client.get(url).json()
+            assert answer.status_code == 200, answer.text
+            assert after["status"] == "running" and after["progress"]["done"] < after["progress"]["total"] == 200
+            done = wait_done(client, job, evaluation, timeout=500)
+            assert done["status"] == "succeeded" and done["progress"] == {"done": 200, "total": 200}

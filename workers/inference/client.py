@@ -9,7 +9,9 @@ from __future__ import annotations
 import time
 import uuid
 
-from service.errors import GatewayTimeout, InvalidInput, NotFound, ServiceError, Unavailable
+from typing import Callable
+
+from service.errors import ClientClosed, GatewayTimeout, InvalidInput, NotFound, ServiceError, Unavailable
 from service.settings import Settings
 from workers.inference.replies import reply_channel
 
@@ -17,6 +19,7 @@ GENERATE_TASK = "amft.inference.generate"
 EVALUATE_TASK = "amft.inference.evaluate"
 INFERENCE_QUEUE = "inference"
 ERRORS = {"not_found": NotFound, "invalid": InvalidInput, "unavailable": Unavailable}
+CHECK_SECONDS = 0.5  # how often a waiting request checks that its client is still connected
 
 
 class InferenceClient:
@@ -31,17 +34,19 @@ class InferenceClient:
         self.replies = reply_channel(settings)
         self.timeout = settings.inference_timeout_seconds
 
-    def generate(self, payload: dict) -> dict:
+    def generate(self, payload: dict, disconnected: Callable[[], bool] | None = None) -> dict:
         """Run one generation request on the worker and return its reply.
 
-        The payload carries a deadline: a worker that picks the task up after the API
-        stopped waiting skips it instead of computing a reply nobody reads.
+        The payload carries a deadline: the worker skips a task picked up after it and
+        stops one still running at it. When `disconnected()` turns true (the HTTP client
+        has gone) or the timeout passes, the worker is told to stop at once.
         """
         task_id = uuid.uuid4().hex
         payload = {**payload, "deadline": time.time() + self.timeout}
         self.app.send_task(GENERATE_TASK, args=[payload], queue=INFERENCE_QUEUE, task_id=task_id)
-        reply = self.replies.wait(task_id, self.timeout)
+        reply = self._wait(task_id, disconnected)
         if reply is None:
+            self.replies.cancel(task_id)
             raise GatewayTimeout(
                 f"the inference worker did not answer within {self.timeout:g} s: check that a worker is "
                 "consuming the `inference` queue (amft serve starts one; compose runs worker-inference), "
@@ -51,6 +56,17 @@ class InferenceClient:
             error = reply["error"]
             raise ERRORS.get(error.get("code"), ServiceError)(error.get("message", "generation failed"))
         return reply
+
+    def _wait(self, task_id: str, disconnected: Callable[[], bool] | None) -> dict | None:
+        deadline = time.monotonic() + self.timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            reply = self.replies.wait(task_id, min(remaining, CHECK_SECONDS))
+            if reply is not None:
+                return reply
+            if disconnected is not None and disconnected():
+                self.replies.cancel(task_id)
+                raise ClientClosed("the client disconnected; the generation was stopped")
+        return None
 
     def publish_evaluation(self, evaluation_id: str) -> None:
         """Queue an evaluation (its row is committed already)."""

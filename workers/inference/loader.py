@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import re
 import threading
-from pathlib import Path
 from typing import Hashable
 
-from service.lifecycle import job_dir
 from service.settings import Settings
 from workers.inference.cache import EngineCache
 from workers.inference.engine import BatchedEngine
+from workers.inference.folders import checkpoint_folder, lora_base_source  # noqa: F401 - re-exported
 from workers.inference.types import InferenceError
-from workers.trainer.checkpoint import CheckpointError, checkpoint_dir, verify_checkpoint
-from workers.trainer.models import BASE_MODEL_FILE, ModelSourceError, _read_base_source, load_model_folder, load_policy
+from workers.trainer.models import ModelSourceError, load_model_folder, load_policy
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 BASE_SOURCES = ("builtin:tiny", "builtin:smollm2-135m")
@@ -45,19 +43,6 @@ def model_key(model: dict) -> tuple:
             raise InferenceError("invalid", f"base models are {', '.join(BASE_SOURCES)}")
         return ("base", source)
     raise InferenceError("invalid", "model must be a checkpoint or a built-in base model")
-
-
-def checkpoint_folder(settings: Settings, job_id: str, step: int) -> Path:
-    """The verified checkpoint folder inside the artifact store, or InferenceError(not_found)."""
-    artifacts = settings.resolved_artifacts_dir
-    folder = checkpoint_dir(job_dir(artifacts, job_id), step).resolve()
-    if not folder.is_relative_to(artifacts) or not folder.is_dir():
-        raise InferenceError("not_found", f"checkpoint step {step} of job {job_id} is not in the artifact store")
-    try:
-        verify_checkpoint(folder)
-    except CheckpointError as error:
-        raise InferenceError("not_found", f"checkpoint step {step} of job {job_id} is unusable: {error}") from None
-    return folder
 
 
 def choose_backend(settings: Settings) -> str:
@@ -135,13 +120,6 @@ class EngineFactory:
         engine.close()
         if self.backend == "vllm":
             self.vllm_pool().release(engine)
-
-
-def lora_base_source(folder: Path) -> str | None:
-    """The base model source of a LoRA checkpoint folder, None for full weights."""
-    if not (folder / BASE_MODEL_FILE).is_file():
-        return None
-    return _read_base_source(folder)
 
 
 _CACHE: EngineCache | None = None

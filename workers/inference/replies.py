@@ -10,6 +10,10 @@ threads. So replies take their own small channel, keyed by the task id:
   `<home>/inference-replies/<task id>.json` atomically (write + rename); the API polls
   for it every 10 ms.
 
+The other way, `cancel(task_id)` tells the worker that the caller has gone (client
+disconnected or the API's timeout passed): a Redis key, or a `<task id>.cancel` file. The
+worker polls `cancelled(task_id)` while the request runs and stops its rows.
+
 No torch here: the API imports this module.
 """
 
@@ -45,6 +49,13 @@ class RedisReplies:
             pipe.expire(key, REPLY_TTL_SECONDS)
             pipe.execute()
 
+    def cancel(self, task_id: str) -> None:
+        """Tell the worker that nobody waits for this task any more."""
+        self.client.set(self.prefix + "cancel:" + task_id, b"1", ex=REPLY_TTL_SECONDS)
+
+    def cancelled(self, task_id: str) -> bool:
+        return bool(self.client.exists(self.prefix + "cancel:" + task_id))
+
     def wait(self, task_id: str, timeout: float) -> dict | None:
         """The reply, or None after `timeout` seconds."""
         deadline = time.monotonic() + timeout
@@ -68,6 +79,19 @@ class FileReplies:
         temp = self.folder / f".{task_id}.{uuid.uuid4().hex}.tmp"
         temp.write_text(json.dumps(reply), encoding="utf-8")
         os.replace(temp, self._path(task_id))
+
+    def cancel(self, task_id: str) -> None:
+        """Tell the worker that nobody waits for this task any more (a marker file)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._path(task_id).with_suffix(".cancel").touch()
+
+    def cancelled(self, task_id: str) -> bool:
+        marker = self._path(task_id).with_suffix(".cancel")
+        if not marker.exists():
+            return False
+        if time.time() - marker.stat().st_mtime > REPLY_TTL_SECONDS:
+            marker.unlink(missing_ok=True)
+        return True
 
     def wait(self, task_id: str, timeout: float) -> dict | None:
         path = self._path(task_id)

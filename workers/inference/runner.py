@@ -9,7 +9,10 @@ import logging
 import threading
 import time
 
+from typing import Callable
+
 from service.settings import Settings, get_settings
+from workers.inference.batcher import BATCH, Abandoned
 from workers.inference.loader import engine_cache, model_key
 from workers.inference.types import InferenceError, Sampling
 
@@ -18,21 +21,27 @@ _THREADS_SET = threading.Lock()
 _threads_done = False
 
 
-def generate_reply(payload: dict, settings: Settings | None = None) -> dict | None:
+def generate_reply(payload: dict, settings: Settings | None = None, cancelled: Callable[[], bool] | None = None) -> dict | None:
     """The reply for a /generate payload: {"results": [...], "backend"} or {"error": {...}}.
 
-    None when the payload's deadline has passed (the API stopped waiting: nobody reads it).
+    None when nobody will read it: the payload's deadline passed or `cancelled()` turned
+    true (the API's client went away), before or during generation.
     """
     settings = settings or get_settings()
-    if payload.get("deadline") and time.time() > payload["deadline"]:
+    deadline = payload.get("deadline")
+    if deadline and time.time() > deadline:
         return None
     try:
         key = model_key(payload.get("model") or {})
         sampling = Sampling.from_dict(payload["sampling"])
         prompts = payload["prompts"]
         cache = _cache(settings)
-        results = cache.generate(key, prompts, sampling, raw=bool(payload.get("raw")))
+        results = cache.generate(key, prompts, sampling, raw=bool(payload.get("raw")), tenant=str(payload.get("tenant", "")),
+                                 deadline=deadline, cancelled=cancelled, fit_context=bool(payload.get("fit_context")))
         return {"results": [r.to_dict() for r in results], "backend": cache.factory.backend}
+    except Abandoned:
+        log.info("generation abandoned by its caller")
+        return None
     except InferenceError as error:
         return error.to_dict()
     except (KeyError, TypeError, ValueError) as error:
@@ -54,7 +63,7 @@ def _cache(settings: Settings):
     return engine_cache(settings)
 
 
-EVAL_CHUNK = 32  # prompts per generate call: large enough to batch, small enough to fail fast
+EVAL_CHUNK = 8  # prompts per generate call: small, so progress shows and interactive work slips in between
 
 
 def run_evaluation(evaluation_id: str, settings: Settings | None = None) -> str:
@@ -68,7 +77,7 @@ def run_evaluation(evaluation_id: str, settings: Settings | None = None) -> str:
     if work is None:
         return f"evaluation {evaluation_id}: already finished"
     try:
-        items = _score(work, settings)
+        items = _score(work, settings, lambda done, total: evaluations.record_progress(db, evaluation_id, list(done), total))
     except InferenceError as error:
         evaluations.fail_evaluation(db, evaluation_id, error.message)
         return f"evaluation {evaluation_id}: failed ({error.message})"
@@ -80,7 +89,7 @@ def run_evaluation(evaluation_id: str, settings: Settings | None = None) -> str:
     return f"evaluation {evaluation_id}: {sum(i['correct'] for i in items)}/{len(items)} correct"
 
 
-def _score(work: dict, settings: Settings) -> list[dict]:
+def _score(work: dict, settings: Settings, progress: Callable[[list, int], None]) -> list[dict]:
     from service.grader_specs import parse_graders
     from service.specs import DataSourceSpec
     from workers.trainer.data import DatasetError, load_records, require_fields
@@ -99,7 +108,8 @@ def _score(work: dict, settings: Settings) -> list[dict]:
     items = []
     for start in range(0, len(records), EVAL_CHUNK):
         chunk = records[start : start + EVAL_CHUNK]
-        results = cache.generate(key, [r["prompt"] for r in chunk], sampling)
+        results = cache.generate(key, [r["prompt"] for r in chunk], sampling, priority=BATCH,
+                                 tenant=str(work.get("tenant_id", "")))
         texts = [result.completions[0].text for result in results]
         scored = scorer.score(texts, chunk)
         if failures:  # a grader that cannot score makes the accuracy meaningless: say why
@@ -112,4 +122,5 @@ def _score(work: dict, settings: Settings) -> list[dict]:
                 "correct": bool(scored.correct[offset]), "reward": scored.rewards[offset],
                 "finish_reason": completion.finish_reason, "tokens": completion.tokens,
             })
+        progress(items, len(records))
     return items

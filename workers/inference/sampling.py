@@ -11,16 +11,43 @@ from workers.inference.types import Row
 
 
 def row_generators(rows: list[Row]) -> list[torch.Generator | None]:
-    """A seeded CPU generator per seeded sampling row; None for greedy or unseeded rows."""
-    generators: list[torch.Generator | None] = []
+    """A seeded CPU generator per seeded sampling row (kept on the row, so a row paused
+    between slices continues the same random stream); None for greedy or unseeded rows."""
     for row in rows:
-        if row.sampling.temperature == 0 or row.seed is None:
-            generators.append(None)
-        else:
-            generator = torch.Generator()
-            generator.manual_seed(row.seed)
-            generators.append(generator)
-    return generators
+        if row.generator is None and row.sampling.temperature != 0 and row.seed is not None:
+            row.generator = torch.Generator()
+            row.generator.manual_seed(row.seed)
+    return [row.generator for row in rows]
+
+
+def adjust_logits(logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
+    """OpenAI's logit_bias, frequency_penalty and presence_penalty, per row. logits [B, V]
+    (float) in, adjusted [B, V] out; penalties count the row's generated tokens so far."""
+    adjusted = None
+    for index, row in enumerate(rows):
+        s = row.sampling
+        if not (s.logit_bias or s.frequency_penalty or s.presence_penalty):
+            continue
+        if adjusted is None:
+            adjusted = logits.clone()
+        if s.logit_bias:
+            ids = torch.tensor([int(k) for k in s.logit_bias], device=logits.device)
+            ids = ids.clamp(max=logits.shape[-1] - 1)
+            adjusted[index].index_add_(0, ids, torch.tensor(list(s.logit_bias.values()), device=logits.device))
+        if (s.frequency_penalty or s.presence_penalty) and row.generated:
+            counts = torch.bincount(torch.tensor(row.generated), minlength=logits.shape[-1])[: logits.shape[-1]]
+            counts = counts.to(logits.device, logits.dtype)
+            adjusted[index] -= s.frequency_penalty * counts + s.presence_penalty * (counts > 0).to(logits.dtype)
+    return logits if adjusted is None else adjusted
+
+
+def token_logprobs(log_probs: torch.Tensor, token: int, top: int) -> dict:
+    """One token's log-probability and the `top` most likely alternatives. log_probs [V]."""
+    entry = {"token": token, "logprob": float(log_probs[token])}
+    if top:
+        values, ids = log_probs.topk(top)
+        entry["top"] = [[int(i), float(v)] for v, i in zip(values.tolist(), ids.tolist())]
+    return entry
 
 
 def choose_tokens(

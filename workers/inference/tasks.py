@@ -22,9 +22,10 @@ def generate(self, payload: dict) -> None:
     """Serve one /generate payload and post the reply for the waiting API request."""
     from workers.inference.runner import generate_reply  # torch: worker processes only
 
-    reply = generate_reply(payload)
+    channel = reply_channel(get_settings())
+    reply = generate_reply(payload, cancelled=lambda: channel.cancelled(self.request.id))
     if reply is not None:
-        reply_channel(get_settings()).put(self.request.id, reply)
+        channel.put(self.request.id, reply)
 
 
 @app.task(name=EVALUATE_TASK)

@@ -7,7 +7,7 @@ travel through the broker between the API and the inference worker.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 FinishReason = Literal["stop", "length"]
 
@@ -36,6 +36,11 @@ class Sampling:
     n: int = 1
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logit_bias: dict | None = None  # token id (as text, JSON keys) -> bias added to its logit
+    logprobs: int | None = None  # None: none; k >= 0: each token's logprob plus k alternatives
+    echo: bool = False  # also score the prompt's tokens (OpenAI completions' echo)
 
     @classmethod
     def from_dict(cls, data: dict) -> Sampling:
@@ -52,6 +57,7 @@ class Completion:
     text: str
     tokens: int
     finish_reason: FinishReason
+    logprobs: list | None = None
 
 
 @dataclass
@@ -60,22 +66,39 @@ class PromptResult:
 
     prompt_tokens: int
     completions: list[Completion] = field(default_factory=list)
+    prompt_text: str | None = None  # with echo: the prompt as text
+    prompt_logprobs: list | None = None  # with echo: one entry per prompt token (the first None)
 
     def to_dict(self) -> dict:
-        return {"prompt_tokens": self.prompt_tokens, "completions": [asdict(c) for c in self.completions]}
+        completions = [{k: v for k, v in asdict(c).items() if k != "logprobs" or v is not None} for c in self.completions]
+        echo = {} if self.prompt_logprobs is None else {"prompt_text": self.prompt_text, "prompt_logprobs": self.prompt_logprobs}
+        return {"prompt_tokens": self.prompt_tokens, "completions": completions, **echo}
 
 
-@dataclass
+@dataclass(eq=False)
 class Row:
-    """One sequence to decode: a prompt's token ids and its sampling settings.
+    """One sequence to decode: a prompt's token ids and its sampling settings, plus its
+    decoding state, which lives on the row so that decoding can pause and resume.
 
     A request with n > 1 becomes n rows. `seed` is the row's own seed (request seed + the
-    row's index), so a seeded request samples the same text however it is batched.
+    row's index), so a seeded request samples the same text however it is batched or
+    sliced (its generator is kept here between slices).
     """
 
     prompt_ids: list[int]
     sampling: Sampling
     seed: int | None
+    generated: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" once finished
+    text: str | None = None  # final text, set when a stop string cut it
+    generator: Any = None  # the engine's per-row RNG, created on first use
+    request: Any = None  # the batcher's request this row belongs to
+    logprobs: list | None = None  # per generated token, when the sampling asks for them
+    prompt_logprobs: list | None = None  # per prompt token (the first is None), with echo
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
 
 
 @dataclass
@@ -85,3 +108,5 @@ class RowOutput:
     token_ids: list[int]
     text: str
     finish_reason: FinishReason
+    logprobs: list | None = None
+    prompt_logprobs: list | None = None

@@ -99,15 +99,25 @@ class VllmEngine(BatchedEngine):
         self.memory_bytes = memory_bytes
         self._lock = _LLM_LOCKS.setdefault(id(llm), threading.Lock())
 
-    def run_batch(self, rows: list[Row]) -> list[RowOutput]:
+    def run_batch(self, rows: list[Row], yield_now=None) -> None:
+        """One offline `generate` call for the rows, each decoded to its end (vLLM's own
+        scheduler batches them; abandoned rows are dropped before the call only)."""
         from vllm import SamplingParams
 
-        prompts = [prompt_input(row) for row in rows]
-        params = [SamplingParams(**sampling_kwargs(row)) for row in rows]
+        live = [row for row in rows if not (row.request is not None and row.request.abandoned())]
+        for row in rows:
+            if row not in live:
+                row.finish_reason = "cancelled"
+        if not live:
+            return
+        prompts = [prompt_input(row) for row in live]
+        params = [SamplingParams(**sampling_kwargs(row)) for row in live]
         lora = self._lora_request()
         with self._lock:
             results = self.llm.generate(prompts, sampling_params=params, lora_request=lora, use_tqdm=False)
-        return [row_output(result.outputs[0]) for result in results]
+        for row, result in zip(live, results):
+            output = row_output(result.outputs[0])
+            row.generated, row.text, row.finish_reason = output.token_ids, output.text, output.finish_reason
 
     def _lora_request(self):
         if self.adapter_path is None:

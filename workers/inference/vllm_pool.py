@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Hashable
 
 from service.settings import Settings
+from workers.inference.folders import checkpoint_folder, lora_base_source
 from workers.inference.types import InferenceError
 from workers.trainer.models import build_char_tokenizer, build_tiny_model, save_model_folder, smollm2_folder
 
@@ -85,8 +86,6 @@ class VllmPool:
 
     def _folders(self, key: Hashable) -> tuple[Path, Path | None]:
         """(base model folder, adapter folder or None) for a cache key."""
-        from workers.inference.loader import checkpoint_folder, lora_base_source
-
         if key[0] == "base":
             return self._source_folder(key[1]), None
         folder = checkpoint_folder(self.settings, key[1], key[2])
