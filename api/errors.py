@@ -51,13 +51,13 @@ def error_response(status: int, problems: list[str], headers: dict | None = None
 OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
                 429: "rate_limit_error"}
-PARAM = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
+PARAM = re.compile(r"([A-Za-z_][\w.\[\]]*): .*", re.DOTALL)  # "field: message", by fullmatch
 
 
 def openai_error_response(status: int, problems: list[str], headers: dict | None = None) -> JSONResponse:
     """OpenAI's error shape. 422 becomes 400, and a `model` that names nothing 404."""
     problems = [p.removeprefix("body: ") for p in problems]  # whole-request checks name their field
-    match = PARAM.match(problems[0]) if problems else None
+    match = PARAM.fullmatch(problems[0]) if problems else None
     param = match.group(1) if match else None
     code = None
     if status == 422:

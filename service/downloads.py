@@ -31,7 +31,7 @@ CHUNK = 1 << 20  # bytes read from disk per chunk
 TRAINER_ONLY = {"optimizer.safetensors", "trainer_state.json", "rng.safetensors", "manifest.json"}
 MERGED_FOLDER = "merged"  # inside a LoRA checkpoint: the merged full model, once built
 FORMATS = ("full", "adapter", "merged")
-RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+RANGE = re.compile(r"bytes=(\d*)-(\d*)")  # fullmatch
 
 
 class RangeNotSatisfiable(InvalidInput):
@@ -150,7 +150,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     Raises RangeNotSatisfiable for a range outside the archive (the API answers 416)."""
     if not header:
         return None
-    match = RANGE.match(header.strip())
+    match = RANGE.fullmatch(header.strip())
     if not match or match.groups() == ("", ""):
         return None  # multiple or malformed ranges: RFC 9110 lets a server send it all
     first, last = match.groups()

@@ -90,7 +90,9 @@ def retrieve(db: Database, tenant_id: str, ft_id: str) -> dict:
 
 def list_jobs(db: Database, tenant_id: str, limit: int) -> dict:
     page = job_reads.list_jobs(db, tenant_id, None, min(max(limit, 1), 200))
-    return {"object": "list", "data": [_job_object(j) for j in page["jobs"]], "has_more": page["next_cursor"] is not None}
+    # List items are summaries (issue 13, item 11); OpenAI's job object needs each spec.
+    jobs = [job_reads.get_job(db, tenant_id, summary["id"]) for summary in page["jobs"]]
+    return {"object": "list", "data": [_job_object(job) for job in jobs], "has_more": page["next_cursor"] is not None}
 
 
 def cancel(db: Database, tenant_id: str, ft_id: str) -> dict:

@@ -17,6 +17,19 @@ from tests.conftest import TINY_SPEC, ApiServer
 RECORD = b'{"prompt": "What is 2 + 3?", "completion": "2 + 3 = 5. #### 5", "answer": "5"}\n'
 
 
+def error_text(response) -> str:
+    """The message of an error answer in either documented shape: the service's
+    {"detail", "problems"}, or OpenAI's {"error": {"message", ...}} on /v1/* (issue 19)."""
+    body = response.json()
+    return body["error"]["message"] if "error" in body else body["detail"]
+
+
+def refused(path: str, response) -> bool:
+    """Whether a request was refused as bad input the way its route family does it: 422 on
+    the service's routes; 400, or 404 for a model that names nothing, on /v1/* (OpenAI's classes)."""
+    return response.status_code in ((400, 404) if path.startswith("/v1") else (422,))
+
+
 @dataclass
 class Tenants:
     api: ApiServer

@@ -4,6 +4,8 @@ failed batch, keeps its finished steps and fails after max_consecutive_failures.
 
 from __future__ import annotations
 
+import re
+
 import subprocess
 import uuid
 from pathlib import Path
@@ -18,7 +20,9 @@ from workers.trainer.sandbox import describe_launcher
 
 OK_TAIL = "    return [1.0] * len(completions)\n"
 HOSTILE = {
-    "infinite_loop": ("def reward(completions, **kw):\n    while True:\n        pass\n", "timed out after 3s"),
+    "infinite_loop": ("def reward(completions, **kw):\n    while True:\n        pass\n",
+                      # whichever comes first: the wall clock or the CPU-time rlimit
+                      r"timed out after 3s|killed by SIGXCPU \(CPU-time limit\)|killed by SIGKILL \(CPU-time limit\)"),
     "memory_bomb": ("def reward(completions, **kw):\n    x = bytearray(8 << 30)\n" + OK_TAIL, "MemoryError"),
     "fork_bomb": (
         "import os\ndef reward(completions, **kw):\n    while True:\n        os.fork()\n",
@@ -90,7 +94,7 @@ def test_hostile_grader_scores_zero_with_a_clear_message(case, grader_env, tmp_p
     assert scored.rewards == [0.0, 0.0, 0.0]
     assert len(events) == 1 and events[0][0] == "hostile"
     assert events[0][1].startswith("grader hostile (python) failed, batch scored 0: ")
-    assert expected in events[0][1], events[0][1]
+    assert re.search(expected, events[0][1]), events[0][1]
     assert not target.exists()  # nothing written outside the sandbox
     # This process lives; the sandbox's pid namespace is torn down (asynchronously after the kill).
     wait_for(lambda: sandbox_processes() == [], timeout=30, what="no sandbox process left")
@@ -132,9 +136,9 @@ def test_a_job_with_a_hostile_grader_records_events_keeps_steps_and_fails(pg_api
         events = client.get(f"/jobs/{job_id}/events").json()
         points = client.get(f"/jobs/{job_id}/metrics").json()["points"]
     assert final["status"] == "failed", final
-    assert "grader looper (python) failed 2 batches in a row: timed out after 2s" in str(final), final
+    assert re.search(r"grader looper \(python\) failed 2 batches in a row: (timed out after 2s|killed by SIG)", str(final)), final
     failed = [e for e in _event_list(events) if e["kind"] == "grader_failed"]
-    assert len(failed) == 2 and all("grader looper (python) failed, batch scored 0: timed out" in e["message"] for e in failed)
+    assert len(failed) == 2 and all(re.search(r"grader looper \(python\) failed, batch scored 0: (timed out|killed by SIG)", e["message"]) for e in failed)
     # Steps 1-2 are SFT warm-up, step 3 had the first failed batch (scored 0) and finished.
     steps = [p["step"] for p in points]
     assert steps[:3] == [1, 2, 3] and points[2]["reward/looper"] == 0.0

@@ -30,7 +30,7 @@ CHECKS = [not_a_server_error, response_schema_conformance, status_code_conforman
 class StubInference:
     """Answers generation requests as the inference worker would (n completions per prompt)."""
 
-    def generate(self, payload: dict) -> dict:
+    def generate(self, payload: dict, disconnected=None) -> dict:
         n = payload["sampling"]["n"]
         results = [{"prompt_tokens": 3, "completions": [{"text": " 4", "tokens": 2, "finish_reason": "stop"}] * n}
                    for _ in payload["prompts"]]

@@ -150,8 +150,11 @@ def _communicate(command: list[str], options: dict, payload: bytes, timeout: flo
         raise GraderError(f"timed out after {timeout:g}s (wall clock)") from None
     finally:
         _kill(process)
-    if process.returncode < 0:
-        name = signal.Signals(-process.returncode).name
+    # A signal ends the sandbox's process directly (negative code) or, under bwrap, its child,
+    # whose death bwrap passes on as 128 + the signal's number.
+    number = -process.returncode if process.returncode < 0 else process.returncode - 128 if not output else 0
+    if number > 0:
+        name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else f"signal {number}"
         hint = " (CPU-time limit)" if name in ("SIGXCPU", "SIGKILL") else ""
         raise GraderError(f"the grader process was killed by {name}{hint}")
     return output[:MAX_OUTPUT_BYTES]
