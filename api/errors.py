@@ -91,6 +91,25 @@ ERROR_SCHEMA = {
 }
 
 
+OPENAI_ERROR_SCHEMA = {
+    "title": "OpenAIError",
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+
 def document_errors(app: FastAPI) -> None:
     """Make the OpenAPI schema describe the error bodies these handlers send (issue 6,
     case 22, Schemathesis): FastAPI documents 422 as {"detail": [ValidationError]}, but
@@ -105,13 +124,16 @@ def document_errors(app: FastAPI) -> None:
             schemas.pop("HTTPValidationError", None)
             schemas.pop("ValidationError", None)
             schemas["Error"] = ERROR_SCHEMA
-            error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-            for operations in schema.get("paths", {}).values():
+            schemas["OpenAIError"] = OPENAI_ERROR_SCHEMA
+            for path, operations in schema.get("paths", {}).items():
+                # /v1/* answers in OpenAI's shape (issue 19), the rest in the service's own.
+                name = "OpenAIError" if path == "/v1" or path.startswith("/v1/") else "Error"
+                error = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
                 for operation in operations.values():
                     responses = operation.setdefault("responses", {})
                     if "422" in responses:
-                        responses["422"] = {"description": "Invalid request; `detail` says what to fix", **error}
-                    responses.setdefault("default", {"description": "Error; `detail` says what to fix", **error})
+                        responses["422"] = {"description": "Invalid request; the message says what to fix", **error}
+                    responses.setdefault("default", {"description": "Error; the message says what to fix", **error})
         return app.openapi_schema
 
     app.openapi = openapi

@@ -72,7 +72,12 @@ async def readyz(request: Request) -> JSONResponse:
     if checks["database"] == "ok":
         checks.update(await run_in_threadpool(_worker_checks, state))
     ready = all(value == "ok" for value in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503)
+    if ready:
+        return JSONResponse({"status": "ready", "checks": checks})
+    problems = [f"{name}: {value}" for name, value in checks.items() if value != "ok"]
+    # The documented error shape (detail, problems), plus the checks a probe may read.
+    return JSONResponse({"detail": "; ".join(problems), "problems": problems, "status": "not ready", "checks": checks},
+                        status_code=503)
 
 
 def _worker_checks(state) -> dict[str, str]:

@@ -24,7 +24,7 @@ def error_text(response) -> str:
     return body["error"]["message"] if "error" in body else body["detail"]
 
 
-def refused(path: str, response) -> bool:
+def was_refused(path: str, response) -> bool:
     """Whether a request was refused as bad input the way its route family does it: 422 on
     the service's routes; 400, or 404 for a model that names nothing, on /v1/* (OpenAI's classes)."""
     return response.status_code in ((400, 404) if path.startswith("/v1") else (422,))

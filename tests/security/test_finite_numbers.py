@@ -13,7 +13,7 @@ import pytest
 from api.app import create_app
 from service.specs import JobSpec
 from tests.conftest import TINY_SPEC
-from tests.security.conftest import error_text, refused
+from tests.security.conftest import error_text, was_refused
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -99,7 +99,7 @@ def test_13_2_every_request_float_is_finite(tenants, record):
                     # json.dumps writes float('inf') as the literal Infinity (httpx's json= refuses to).
                     body = json.dumps(with_value(BASE_BODIES[route], path, value))
                     response = alice.post(url, content=body, headers={"Content-Type": "application/json"})
-                    assert refused(route, response), (route, where, value, response.status_code, response.text)
+                    assert was_refused(route, response), (route, where, value, response.status_code, response.text)
                     # A tagged union (reward graders) names its tag in the location: reward.0.math_verify.weight.
                     named = r"(\.\w+)?\.".join(re.escape(str(part)) for part in path)
                     assert re.search(named, error_text(response)), (route, where, value, response.json())

@@ -15,7 +15,7 @@ import pytest
 
 from api.app import create_app
 from service.settings import get_settings
-from tests.security.conftest import error_text, job_with_checkpoint, refused
+from tests.security.conftest import error_text, job_with_checkpoint, was_refused
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -76,7 +76,7 @@ def test_13_3_every_alias_of_a_capped_parameter_is_capped(tenants, record):
             response = alice.post(route, json=at_cap)
             assert response.status_code == 404, (route, field, "at the cap", response.status_code, response.text)
             response = alice.post(route, json=over)
-            assert refused(route, response), (route, field, "over the cap", response.status_code, response.text)
+            assert was_refused(route, response), (route, field, "over the cap", response.status_code, response.text)
             assert field.split(".")[-1] in error_text(response), (route, field, response.json())
         for field, body in eval_cases:
             response = alice.post(evaluation, json=body)

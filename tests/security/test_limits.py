@@ -12,7 +12,7 @@ import pytest
 
 from api.app import create_app
 from tests.conftest import TINY_SPEC, ApiServer
-from tests.security.conftest import refused
+from tests.security.conftest import was_refused
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -56,7 +56,7 @@ def test_16_no_field_takes_a_url(tenants, record):
                 (f"/jobs/{job_id}/evaluations", {"dataset": {"source": url}}),
             ]:
                 response = alice.post(path, json=body)
-                assert refused(path, response), (path, url, response.status_code, response.text)
+                assert was_refused(path, response), (path, url, response.status_code, response.text)
                 refused += 1
             assert alice.post("/files", params={"filename": url}, content=b"{}\n").status_code == 422
             refused += 1
@@ -103,7 +103,7 @@ def test_17_resource_exhaustion_is_refused_quickly(tenants, record):
         }
         for name, (path, body) in cases.items():
             response, seconds = _timed(alice, "POST", path, json=body)
-            assert refused(path, response), (name, response.status_code, response.text[:300])
+            assert was_refused(path, response), (name, response.status_code, response.text[:300])
             results[name] = (response.status_code, seconds)
         nested = "[" * 100_000 + "]" * 100_000
         for path in ("/jobs", "/generate"):

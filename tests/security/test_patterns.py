@@ -19,7 +19,7 @@ from service.db import get_database
 from service.errors import InvalidInput
 from service.specs import JobSpec
 from tests.conftest import TINY_SPEC
-from tests.security.conftest import refused
+from tests.security.conftest import was_refused
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +92,7 @@ def test_13_4_trailing_newlines_fail_every_pattern(tenants, record):
                 f"/jobs/{job_id}/events", headers={"Accept": "text/event-stream", "Last-Event-ID": "+5-3"})),
         ]
         for what, response in others:
-            assert refused(what.split()[1], response), (what, response.status_code, response.text)
+            assert was_refused(what.split()[1], response), (what, response.status_code, response.text)
             refused += 1
         assert alice.get("/files").json()["files"] == [], "the newline filename was stored"
         assert len(alice.get("/jobs").json()["jobs"]) == 1
