@@ -1,7 +1,6 @@
 """Model sources, safety checks on model folders, saving and prompt formatting."""
 
 import json
-import time
 
 import pytest
 import torch
@@ -179,12 +178,11 @@ def test_lora_folder_needs_safetensors_adapter_and_a_valid_base_source(saved_tin
         load_model_folder(saved_tiny)
 
 
+@pytest.mark.timeout(120)
 def test_hub_offline_fails_fast_with_a_clear_message(settings, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    start = time.perf_counter()
     with pytest.raises(ModelSourceError, match="could not load hub:nobody/no-such-model \\(HF_HUB_OFFLINE is set"):
-        load_policy("hub:nobody/no-such-model", settings)
-    assert time.perf_counter() - start < 10
+        load_policy("hub:nobody/no-such-model", settings)  # no network wait: the timeout mark bounds a hang
 
 
 @pytest.mark.slow
@@ -197,9 +195,9 @@ def test_smollm2_conversion_matches_the_gguf_model(settings):
     folder = smollm2_folder(settings)
     assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
-    start = time.perf_counter()
+    converted_at = (folder / "model.safetensors").stat().st_mtime_ns
     model, tokenizer = load_policy("builtin:smollm2-135m", settings)
-    assert time.perf_counter() - start < 10  # the cached folder, not a second conversion
+    assert (folder / "model.safetensors").stat().st_mtime_ns == converted_at  # the cached folder, not a second conversion
     assert tokenizer.chat_template and tokenizer.pad_token is not None
     reference = AutoModelForCausalLM.from_pretrained(gguf_folder, gguf_file=gguf_name, dtype=torch.float32)
     prompt = format_prompt(tokenizer, "What is 12 + 7?")

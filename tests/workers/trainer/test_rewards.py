@@ -1,7 +1,6 @@
 """The verifier: answer extraction rule and math-verify equivalence, hand-computed cases."""
 
 import threading
-import time
 
 import pytest
 
@@ -65,11 +64,12 @@ def test_is_correct_works_in_worker_threads():
     assert results == [True]
 
 
-def test_numeric_answers_are_fast():
-    start = time.perf_counter()
-    for index in range(5000):
-        is_correct(f"so {index} + 1 = {index + 1}. #### {index + 1}", str(index + 1))
-    assert time.perf_counter() - start < 1.0
+def test_numeric_answers_are_scored_on_the_plain_number_path():
+    # How fast this runs is a benchmark's business (bench/graders.py); the test checks that
+    # the many plain numeric answers a GRPO step scores come out right.
+    results = [is_correct(f"so {index} + 1 = {index + 1}. #### {index + 1}", str(index + 1)) for index in range(5000)]
+    assert all(results)
+    assert not is_correct("so 2 + 1 = 3. #### 3", "4")
 
 
 def test_reward_with_and_without_format_weight():
