@@ -61,7 +61,9 @@ def test_6_redis_flushall_with_three_jobs_queued(env_factory, own_redis, record)
     fenv.wait_paused(busy, 1, 1)
     queued = [fenv.submit() for _ in range(3)]
     redis = own_redis.client()
-    assert redis.llen("train") == 3
+    # At least the 3: under load the reaper may already have republished a queued job whose
+    # message it had not seen claimed within requeue_unclaimed_seconds (a harmless duplicate).
+    assert redis.llen("train") >= 3
     redis.flushall()  # Redis lost everything: the 3 messages and kombu's queue bindings
     assert redis.dbsize() == 0
     fenv.go()
