@@ -37,6 +37,28 @@ def load_spec(path: Path):
         sys.exit("amft train: invalid spec:\n" + "\n".join(f"  {line}" for line in spec_error_lines(error)))
 
 
+def keep_metrics_through(metrics_path: Path, last_step: int) -> None:
+    """Drop the points after `last_step` from metrics.jsonl (all of them for a fresh run).
+
+    A resume replays the steps after its checkpoint; without this their first, crashed
+    attempt would stay in the file and every replayed step would appear twice. Rewritten
+    through a temporary file and a rename, so a crash here leaves the old file whole."""
+    if not metrics_path.exists():
+        return
+    kept = [line for line in metrics_path.read_text().splitlines() if _step_of(line, last_step + 1) <= last_step]
+    partial = metrics_path.with_suffix(".jsonl.tmp")
+    partial.write_text("".join(line + "\n" for line in kept))
+    partial.replace(metrics_path)
+
+
+def _step_of(line: str, unreadable: int) -> int:
+    """The step of one metrics line; `unreadable` for a line a crash cut short."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return unreadable
+
+
 class ProgressPrinter:
     """Appends each step's metrics to metrics.jsonl and redraws one status line."""
 
@@ -67,13 +89,14 @@ def run(args) -> int:
     spec = load_spec(args.spec)
     from transformers.utils import logging as transformers_logging
 
-    from workers.trainer.checkpoint import latest_valid_checkpoint
+    from workers.trainer.checkpoint import checkpoint_step, latest_valid_checkpoint
     from workers.trainer.hooks import TrainerHooks
     from workers.trainer.loop import train
 
     transformers_logging.disable_progress_bar()  # it would break the one-line progress display
     args.out.mkdir(parents=True, exist_ok=True)
     resume_from = latest_valid_checkpoint(args.out) if args.resume else None
+    keep_metrics_through(args.out / "metrics.jsonl", checkpoint_step(resume_from) if resume_from else 0)
     printer = ProgressPrinter(args.out / "metrics.jsonl", spec.training.total_steps, args.quiet)
     result = train(spec, args.out, TrainerHooks(on_metrics=printer), resume_from=resume_from)
     print(f"\n{result.status} at step {result.last_step}; checkpoint {result.last_checkpoint}")

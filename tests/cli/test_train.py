@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,16 @@ def test_train_writes_metrics_and_checkpoints_and_resumes(tmp_path):
     again = amft("train", str(spec_path), "--out", str(out), "--resume", home=tmp_path / "home")
     assert again.returncode == 0, again.stderr
     assert "completed at step 6" in again.stdout  # nothing left to do
+
+    # A crash after step 6's metrics but before its checkpoint: the resume replays steps 4-6,
+    # and metrics.jsonl must hold each step once (it appended them a second time before).
+    shutil.rmtree(out / "checkpoints" / "step-000006")
+    with (out / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 7, "mu"')  # a line the crash cut short
+    replayed = amft("train", str(spec_path), "--out", str(out), "--resume", home=tmp_path / "home")
+    assert replayed.returncode == 0, replayed.stderr
+    points = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in points] == [1, 2, 3, 4, 5, 6]
 
 
 def test_invalid_spec_prints_one_line_per_problem(tmp_path):

@@ -78,6 +78,11 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
     return state
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint was taken after (from its run state, not its folder name)."""
+    return int(json.loads((Path(path) / STATE).read_text())["step"])
+
+
 def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """(run state, full model weights, optimizer state) of a verified full-weights checkpoint,
     read from safetensors and JSON only, for a sharded run to take its shards from."""
