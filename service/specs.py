@@ -185,7 +185,9 @@ class ControllerSpec(Strict):
 
     mu0: float = Field(0.8, ge=0.0, le=1.0, description="amft: mu at the end of warm-up.")
     mu_min: float = Field(0.05, ge=0.0, le=1.0, description="Lower bound of mu (amft, chord).")
-    mu_max: float = Field(0.95, ge=0.0, le=1.0, description="Upper bound of mu (amft, chord).")
+    mu_max: float = Field(
+        0.95, ge=0.0, le=1.0, description="Upper bound of mu (amft, chord); amft holds mu below 1 (at most 0.999)."
+    )
     eta_H: float = Field(5e-4, ge=0.0, description="amft: step size of the entropy term (0 disables it).")
     # The benchmark's pick (bench/results/algorithms.md, tuning pass over 0.02/0.1/0.5 on
     # the validation split); the spec's default and the benchmark's pick stay the same.

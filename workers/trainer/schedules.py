@@ -123,13 +123,19 @@ class AmftController(MuSchedule):
         self._target = state["target_entropy"]
 
 
+# mu = 1 would be absorbing: a step at mu = 1 samples no rollouts, so there is neither an
+# entropy H_t nor a meta step to move mu off it. The controller keeps RL's weight above 0.
+AMFT_MU_CEILING = 1.0 - 1e-3
+
+
 def make_schedule(spec: JobSpec) -> MuSchedule:
     """The schedule for the spec's method, chosen once at setup."""
     t, c = spec.training, spec.controller
     if spec.method == "amft":
         target = None if c.target_entropy == "auto" else float(c.target_entropy)
+        mu_max = min(c.mu_max, AMFT_MU_CEILING)
         return AmftController(
-            t.warmup_steps, c.mu0, c.mu_min, c.mu_max, c.eta_H, c.eta_meta, c.meta_interval, target
+            t.warmup_steps, c.mu0, min(c.mu_min, mu_max), mu_max, c.eta_H, c.eta_meta, c.meta_interval, target
         )
     if spec.method == "chord":
         return ChordSchedule(t.warmup_steps, t.total_steps, c.mu_max, c.mu_min)
