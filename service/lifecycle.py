@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from service import webhooks
 from service.continuation import check_parent
+from service.data_checks import check_validation_data
 from service.db import Database
 from service.dispatch import check_queued_quota, next_job_id, wake_tenant_queue
 from service.errors import Conflict, Fenced, InvalidInput, NotFound, TooLarge
@@ -59,14 +60,15 @@ class Claim:
 
 def create_job(
     db: Database, tenant_id: str, spec: JobSpec, idempotency_key: str | None, publish: Publish, max_attempts: int,
-    max_queued: int = 0, max_spec_bytes: int = 0,
+    max_queued: int = 0, max_spec_bytes: int = 0, artifacts_dir: Path | None = None,
 ) -> tuple[Job, bool]:
     """Store a new queued job and wake a worker; returns (job, created).
 
     With an Idempotency-Key, a repeat of the same spec returns the first job (created is
     False) and a different spec under the same key raises InvalidInput. Raises TooLarge
     for a spec over `max_spec_bytes` and TooManyRequests when the tenant already has
-    `max_queued` queued jobs (0: no limit).
+    `max_queued` queued jobs (0: no limit). InvalidInput too when the validation data
+    lacks a field the job needs (uploads are read from `artifacts_dir` when given).
     """
     if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise InvalidInput("Idempotency-Key must be 1-255 visible ASCII characters (no spaces), e.g. a UUID")
@@ -82,6 +84,7 @@ def create_job(
             if existing is not None:
                 return existing, False
             _check_files(session, tenant_id, spec)
+            check_validation_data(spec, artifacts_dir)  # issue 16: not a KeyError at the first meta step
             check_queued_quota(session, tenant_id, max_queued)
             check_parent(session, tenant_id, spec.model)  # issue 17: job:<id>[:<step>], same tenant
             job = Job(

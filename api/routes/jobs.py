@@ -35,6 +35,7 @@ def create_job(
     job, created = lifecycle.create_job(
         state.db, who.tenant_id, spec, idempotency_key, state.publish, settings.max_attempts,
         max_queued=settings.max_queued_jobs_per_tenant, max_spec_bytes=settings.max_spec_bytes,
+        artifacts_dir=settings.resolved_artifacts_dir,
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from service.data_checks import validation_fields
 from service.settings import get_settings
 from service.specs import JobSpec
 from workers.trainer import losses
@@ -167,7 +168,10 @@ def _data_streams(spec: JobSpec, schedule: MuSchedule, settings, graded_fields: 
         require_fields(rl, graded_fields, "datasets.rl")
         streams["rl"] = BatchStream(rl, seed + 1)
     if spec.method == "amft" and spec.controller.eta_meta > 0:
-        streams["validation"] = BatchStream(load_records(spec.datasets.validation, settings), seed + 2)
+        validation = load_records(spec.datasets.validation, settings)
+        # Checked at POST /jobs where it can be; a hub dataset is first seen here.
+        require_fields(validation, set(validation_fields(spec)), "datasets.validation")
+        streams["validation"] = BatchStream(validation, seed + 2)
     return streams
 
 
