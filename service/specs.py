@@ -171,7 +171,10 @@ class TrainingSpec(Strict):
     save_every: int = Field(50, ge=1, description="Checkpoint every this many steps (and at the end).")
     eval_every: int | None = Field(None, ge=1, description="Greedy evaluation every this many steps.")
     eval_limit: int = Field(200, ge=1, le=100_000, description="Items per eval split.")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Training precision.")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Compute precision: bfloat16 runs forward passes under bf16 autocast (FSDP2: bf16"
+        " compute, fp32 gradient reduction) over fp32 master weights and optimizer state.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
     lora: LoraSpec | None = Field(None, description="Train LoRA adapters instead of all weights.")
     chat_template: str | None = Field(

@@ -44,7 +44,7 @@ class SingleProcess:
     def seed_rank(self, seed: int) -> None:
         """Give each rank its own sampling stream; rank 0 keeps the one-process stream."""
 
-    def wrap(self, model: torch.nn.Module, resources) -> torch.nn.Module:
+    def wrap(self, model: torch.nn.Module, resources, bf16: bool = False) -> torch.nn.Module:
         return model
 
     def shard(self, rows: list[T]) -> list[T]:
@@ -111,8 +111,12 @@ class Sharded(SingleProcess):
             torch.manual_seed(seed + 7919 * self.rank)
             random.seed(seed + 7919 * self.rank)
 
-    def wrap(self, model: torch.nn.Module, resources) -> torch.nn.Module:
-        """Shard each decoder layer, then the rest (embeddings, final norm, tied head)."""
+    def wrap(self, model: torch.nn.Module, resources, bf16: bool = False) -> torch.nn.Module:
+        """Shard each decoder layer, then the rest (embeddings, final norm, tied head).
+
+        With `bf16` (a bfloat16 job) or resources.mixed_precision, FSDP2 gathers bf16 copies
+        of the fp32 shards for compute and reduces gradients in fp32: the shards, and the
+        optimizer state built on them, stay fp32 master copies."""
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
@@ -122,7 +126,7 @@ class Sharded(SingleProcess):
         if resources.activation_checkpointing and model.training:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         mixed = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if resources.mixed_precision else MixedPrecisionPolicy()
+            if resources.mixed_precision or bf16 else MixedPrecisionPolicy()
         # On CPU the parameters already live in CPU memory: offloading is a no-op there.
         offload = CPUOffloadPolicy() if resources.cpu_offload and device_type == "cuda" else OffloadPolicy()
         layer_types = set(getattr(model, "_no_split_modules", None) or ())

@@ -19,6 +19,7 @@ one process its every method is the identity.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -26,6 +27,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -63,6 +65,7 @@ class Run:
     device: torch.device
     scorer: Scorer
     world: SingleProcess  # or distributed.Sharded: one rank of a sharded run
+    precision: Callable[[], contextlib.AbstractContextManager]  # around every training forward pass
 
 
 @dataclass
@@ -125,9 +128,12 @@ def setup(spec: JobSpec, hooks: TrainerHooks | None = None) -> Run:
     kind = "cuda" if t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available()) else "cpu"
     world = make_world(kind, settings.collective_timeout_seconds)
     device = world.device(kind)
-    dtype = torch.bfloat16 if t.dtype == "bfloat16" else torch.float32
-    model, tokenizer = load_policy(spec.model, settings, dtype=dtype, device=device)
-    if device.type == "cuda" and dtype == torch.bfloat16:
+    # Weights and AdamW's state stay float32 (master copies) whatever t.dtype says: pure
+    # bf16 parameters lose most small updates to rounding (issue 16: only 5-11% of weights
+    # changed per step at lr 1e-5). bf16 is the compute precision of the forward passes.
+    model, tokenizer = load_policy(spec.model, settings, dtype=torch.float32, device=device)
+    bf16 = t.dtype == "bfloat16"
+    if device.type == "cuda" and bf16:
         # sdpa's bf16 CUDA kernels return NaN gradients for the fully masked query rows that
         # left padding makes (measured on an H200: 3 of 10 steps had a NaN grad norm, then
         # skipped); eager attention has none.
@@ -137,8 +143,8 @@ def setup(spec: JobSpec, hooks: TrainerHooks | None = None) -> Run:
     if t.lora:
         model = _with_lora(model, t.lora)
     model.train()
-    reference = world.wrap(_frozen_copy(model), spec.resources) if t.kl_beta > 0 else None
-    model = world.wrap(model, spec.resources)
+    reference = world.wrap(_frozen_copy(model), spec.resources, bf16) if t.kl_beta > 0 else None
+    model = world.wrap(model, spec.resources, bf16)
     world.seed_rank(t.seed)  # after the weights: every rank starts from the same ones
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
@@ -149,8 +155,9 @@ def setup(spec: JobSpec, hooks: TrainerHooks | None = None) -> Run:
     scorer = Scorer(spec.reward, on_failure=lambda _name, message: on_event("grader_failed", message))
     streams = _data_streams(spec, schedule, settings, scorer.fields_read())
     eval_sets = load_eval_sets(spec, settings, scorer.fields_read()) if t.eval_every else {}
+    precision = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     return Run(spec, model, tokenizer, reference, optimizer, lr_scheduler, schedule, engine, streams, eval_sets, device, scorer,
-               world)
+               world, precision)
 
 
 def _data_streams(spec: JobSpec, schedule: MuSchedule, settings, graded_fields: set[str]) -> dict[str, BatchStream]:
@@ -358,7 +365,8 @@ def sft_backward(run: Run, records: list[dict], weight: float) -> Metrics:
     for part in batch.micro_batches(t.micro_batch_size):
         # share * token-mean over the part = this part's sum over the whole batch's tokens.
         share = part.completion_mask.sum() / total
-        logprobs = losses.token_logprobs(completion_logits(run.model, part), part.targets)
+        with run.precision():
+            logprobs = losses.token_logprobs(completion_logits(run.model, part), part.targets)
         loss = losses.sft_loss(logprobs, part.completion_mask)
         (weight * share * loss).backward()
         loss_value += (share * loss).item()
@@ -375,7 +383,8 @@ def rl_backward(run: Run, rollouts: Rollouts, weight: float, with_kl: bool = Tru
     sums = {"rl_loss": 0.0, "entropy": 0.0, "clip_frac": 0.0, "kl": 0.0}
     for start, part in zip(range(0, len(advantages), t.micro_batch_size), batch.micro_batches(t.micro_batch_size)):
         share = part.completion_mask.sum() / total
-        logits = _tempered(completion_logits(run.model, part), t.temperature)
+        with run.precision():
+            logits = _tempered(completion_logits(run.model, part), t.temperature)
         logprobs = losses.token_logprobs(logits, part.targets)
         entropy = losses.masked_mean(losses.token_entropy(logits), part.completion_mask).item()
         del logits
@@ -407,7 +416,7 @@ def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 def _reference_logprobs(run: Run, part) -> torch.Tensor | None:
     if run.reference is None:
         return None
-    with torch.no_grad():
+    with torch.no_grad(), run.precision():
         logits = _tempered(completion_logits(run.reference, part), run.spec.training.temperature)
         return losses.token_logprobs(logits, part.targets)
 
