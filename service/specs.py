@@ -165,7 +165,11 @@ class TrainingSpec(Strict):
         8, ge=1, description="Rows per forward/backward pass; bounds activation memory, not the maths."
     )
     clip_eps: float = Field(0.2, gt=0.0, lt=1.0, description="PPO ratio clip range.")
-    kl_beta: float = Field(0.0, ge=0.0, description="Weight of KL to the frozen initial policy (0 = no reference model).")
+    kl_beta: float = Field(0.0, ge=0.0, description="Weight of KL to a frozen reference policy (0 = no reference model).")
+    kl_reference: Literal["after_warmup", "initial"] = Field(
+        "after_warmup", description="The KL reference: the policy at the end of the SFT warm-up (amft, chord,"
+        " sft_then_grpo; the initial policy when there is none), so KL keeps what SFT taught; or the initial policy.",
+    )
     scale_rewards: bool = Field(True, description="Divide group advantages by the group std.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for data order, sampling and init.")
     save_every: int = Field(50, ge=1, description="Checkpoint every this many steps (and at the end).")

@@ -29,6 +29,7 @@ from workers.trainer.models import save_model_folder
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.safetensors"
+REFERENCE = "reference.safetensors"  # the KL reference's trained weights, once taken after the warm-up
 
 
 class CheckpointError(RuntimeError):
@@ -42,6 +43,7 @@ def checkpoint_dir(out_dir: Path, step: int) -> Path:
 def save_checkpoint(
     out_dir: Path, step: int, run_state: dict, model, tokenizer, optimizer_state: dict, base_source: str,
     model_state: dict | None = None, rank_rng: dict[str, torch.Tensor] | None = None,
+    reference_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the checkpoint for `step` atomically and return its folder.
 
@@ -54,6 +56,8 @@ def save_checkpoint(
         save_model_folder(model, tokenizer, tmp, base_source, state_dict=model_state)
         tensors, optimizer_meta = _flatten_optimizer(optimizer_state)
         save_file(tensors, str(tmp / OPTIMIZER))
+        if reference_state is not None:
+            save_file(reference_state, str(tmp / REFERENCE))
         state = dict(run_state, step=step, optimizer=optimizer_meta, rng=_capture_rng(tmp, rank_rng or {}))
         (tmp / STATE).write_text(json.dumps(state))
         _write_manifest(tmp)
@@ -76,6 +80,13 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
     optimizer.load_state_dict(_unflatten_optimizer(load_file(str(path / OPTIMIZER)), state["optimizer"]))
     restore_rng(state["rng"], path)
     return state
+
+
+def read_reference(path: Path) -> dict[str, torch.Tensor] | None:
+    """The KL reference's saved weights (by parameter name), or None when the reference is
+    the initial model; the folder was verified by the resume that reads it."""
+    file = Path(path) / REFERENCE
+    return load_file(str(file)) if file.is_file() else None
 
 
 def checkpoint_step(path: Path) -> int:

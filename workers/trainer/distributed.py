@@ -79,6 +79,15 @@ class SingleProcess:
         """Torch RNG states of ranks other than 0 (rank 0's is the checkpoint's own)."""
         return {}
 
+    def full_parameters(self, model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+        """Full (unsharded) CPU copies of the named parameters; a collective when sharded."""
+        params = dict(model.named_parameters())
+        return {name: params[name].detach().cpu().clone() for name in names}
+
+    def load_parameters(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy full tensors (by name) into the model's parameters, or into this rank's shards."""
+        model.load_state_dict(tensors, strict=False)
+
     def load_checkpoint(self, path, model, optimizer) -> dict:
         from workers.trainer.checkpoint import load_checkpoint
 
@@ -216,6 +225,16 @@ class Sharded(SingleProcess):
         states = [None] * self.size
         self.dist.all_gather_object(states, torch.get_rng_state())
         return {f"torch.rank{r}": state for r, state in enumerate(states) if r}
+
+    def full_parameters(self, model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+        params = dict(model.named_parameters())
+        return {name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu()
+                for name, p in ((name, params[name]) for name in names)}
+
+    def load_parameters(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True, strict=False))
 
     def load_checkpoint(self, path, model, optimizer) -> dict:
         """Every rank reads the verified safetensors files and keeps its own shard."""

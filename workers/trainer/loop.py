@@ -36,7 +36,7 @@ from service.settings import get_settings
 from service.specs import JobSpec
 from workers.trainer import losses
 from workers.trainer.batching import completion_logits, encode_completion, encode_prompt, pack
-from workers.trainer.checkpoint import save_checkpoint
+from workers.trainer.checkpoint import read_reference, save_checkpoint
 from workers.trainer.distributed import SingleProcess, make_world
 from workers.trainer.data import BatchStream, load_records, require_completions, require_fields
 from workers.trainer.evaluation import evaluate_splits, load_eval_sets
@@ -66,6 +66,7 @@ class Run:
     scorer: Scorer
     world: SingleProcess  # or distributed.Sharded: one rank of a sharded run
     precision: Callable[[], contextlib.AbstractContextManager]  # around every training forward pass
+    reference_after: int  # the reference becomes the policy after this step (0: the initial policy)
 
 
 @dataclass
@@ -103,6 +104,8 @@ def run_steps(run: Run, out_dir: Path, hooks: TrainerHooks, resume_from: Path | 
         hooks.on_metrics({"step": 0, **evaluate_splits(run.engine, run.tokenizer, run.eval_sets, spec.training)})
     for step in range(start_step + 1, total + 1):
         point = train_step(run, step)
+        if step == run.reference_after:
+            take_reference(run)
         if spec.training.eval_every and (step % spec.training.eval_every == 0 or step == total):
             with run.world.full_weights(run.model):  # every rank scores the full sets
                 point.update(evaluate_splits(run.engine, run.tokenizer, run.eval_sets, spec.training, run.scorer))
@@ -156,8 +159,10 @@ def setup(spec: JobSpec, hooks: TrainerHooks | None = None) -> Run:
     streams = _data_streams(spec, schedule, settings, scorer.fields_read())
     eval_sets = load_eval_sets(spec, settings, scorer.fields_read()) if t.eval_every else {}
     precision = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    # KL to the pre-SFT model would pull the policy back from what the warm-up taught.
+    reference_after = schedule.warmup_steps if reference is not None and t.kl_reference == "after_warmup" else 0
     return Run(spec, model, tokenizer, reference, optimizer, lr_scheduler, schedule, engine, streams, eval_sets, device, scorer,
-               world, precision)
+               world, precision, reference_after)
 
 
 def _data_streams(spec: JobSpec, schedule: MuSchedule, settings, graded_fields: set[str]) -> dict[str, BatchStream]:
@@ -203,6 +208,18 @@ def _with_lora(model, lora):
 
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules)
     return get_peft_model(model, config)
+
+
+def take_reference(run: Run) -> None:
+    """Make the frozen KL reference the current policy (at the end of the SFT warm-up)."""
+    with torch.no_grad():
+        for reference, live in zip(run.reference.parameters(), run.model.parameters()):
+            reference.copy_(live)  # the same shapes and, when sharded, the same shards
+
+
+def _trained_names(model: torch.nn.Module) -> list[str]:
+    """Parameters the policy trains: the only ones where the reference can differ from the initial model."""
+    return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -434,8 +451,11 @@ def save(run: Run, out_dir: Path, step: int) -> Path:
     }
     model_state, optimizer_state = run.world.checkpoint_state(run.model, run.optimizer)
     rank_rng = run.world.rank_rng()
+    taken = run.reference_after and step >= run.reference_after  # else the reference is the initial model
+    reference = run.world.full_parameters(run.reference, _trained_names(run.model)) if taken else None
     return run.world.write_once(lambda: save_checkpoint(
-        out_dir, step, state, run.model, run.tokenizer, optimizer_state, run.spec.model, model_state, rank_rng
+        out_dir, step, state, run.model, run.tokenizer, optimizer_state, run.spec.model, model_state, rank_rng,
+        reference,
     ))
 
 
@@ -446,4 +466,6 @@ def restore(run: Run, path: Path) -> int:
     run.schedule.load_state_dict(state["schedule"])
     for name, stream_state in state["streams"].items():
         run.streams[name].load_state_dict(stream_state)
+    if run.reference is not None and (reference := read_reference(Path(path))) is not None:
+        run.world.load_parameters(run.reference, reference)
     return int(state["step"])
