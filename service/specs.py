@@ -164,7 +164,13 @@ class TrainingSpec(Strict):
     micro_batch_size: int = Field(
         8, ge=1, description="Rows per forward/backward pass; bounds activation memory, not the maths."
     )
-    clip_eps: float = Field(0.2, gt=0.0, lt=1.0, description="PPO ratio clip range.")
+    clip_eps: float = Field(
+        0.2, gt=0.0, lt=1.0, description="PPO ratio clip range; active when num_iterations > 1 (the first update's ratio is 1)."
+    )
+    num_iterations: int = Field(
+        1, ge=1, le=16, description="Optimizer updates per rollout batch (TRL GRPO's num_iterations); each step"
+        " samples once and updates this many times, the PPO ratio taken against the sampling policy.",
+    )
     kl_beta: float = Field(0.0, ge=0.0, description="Weight of KL to a frozen reference policy (0 = no reference model).")
     kl_reference: Literal["after_warmup", "initial"] = Field(
         "after_warmup", description="The KL reference: the policy at the end of the SFT warm-up (amft, chord,"

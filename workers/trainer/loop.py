@@ -2,7 +2,8 @@
 
 Every method runs this loop; only the mu schedule differs (schedules.make_schedule). Each
 step: sample rollouts if mu < 1, take an SFT batch if mu > 0, backpropagate
-mu * L_SFT + (1 - mu) * L_RL, clip, step AdamW, let the schedule observe the step's
+mu * L_SFT + (1 - mu) * L_RL, clip, step AdamW (num_iterations times on one rollout
+batch, PPO-clipped against the sampling policy), let the schedule observe the step's
 entropy (and, every K steps for AMFT, the meta-gradient), then report metrics.
 
 Metric names per step (the service and plots depend on them): step, phase, mu,
@@ -25,7 +26,7 @@ import math
 import random
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -80,6 +81,7 @@ class Rollouts:
     per_grader: dict[str, float]  # each grader's mean score
     advantages: torch.Tensor  # [P * G]
     zero_signal: torch.Tensor  # [P] bool
+    sampling: losses.SamplingLogprobs = field(default_factory=losses.SamplingLogprobs)  # PPO's old policy
 
 
 def train(spec: JobSpec, out_dir: Path, hooks: TrainerHooks | None = None, resume_from: Path | None = None) -> TrainResult:
@@ -248,25 +250,15 @@ def train_step(run: Run, step: int) -> Metrics:
     train_started = time.perf_counter()
     # A meta step needs both gradients; with mu at 0 or 1 one of them does not exist.
     meta = run.schedule.wants_meta(step) and sft_batch is not None and rollouts is not None
-    if meta:
-        stats = meta_backward(run, mu, sft_batch, rollouts)
-    else:
-        stats = weighted_backward(run, mu, sft_batch, rollouts)
-    tokens = stats.pop("_tokens")
-    point.update(stats)
-    params = [p for p in run.model.parameters() if p.requires_grad]
-    point["grad_norm"] = run.world.clip_grad_norm(params, run.spec.training.max_grad_norm)
-    # A batch with no learning signal (every group's rewards equal and no SFT term) must not
-    # move the weights. Adam would: it steps along its momentum, replaying the last noisy
-    # gradients at nearly full step size for tens of steps (issue 5: in pure GRPO, where
-    # most steps were zero-signal, that drift ran completions up to the 100-token cap).
-    # Its state is left as it was, so the next real step is unchanged.
-    if point["grad_norm"] > 0:
-        run.optimizer.step()
+    # num_iterations updates on a step's rollouts (the first is the meta step, if any).
+    # One LR-schedule step per step.
+    iterations = run.spec.training.num_iterations if rollouts is not None else 1
+    updates = [update(run, mu, sft_batch, rollouts, meta and i == 0) for i in range(iterations)]
+    tokens = sum(u.pop("_tokens") for u in updates)
+    point.update(_step_stats(updates))
     with warnings.catch_warnings():  # counting a skipped step is intended, not a misordering
         warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before")
         run.lr_scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
     train_seconds = time.perf_counter() - train_started
 
     run.schedule.observe(step, point.get("entropy"), point.get("meta_grad"))
@@ -276,6 +268,32 @@ def train_step(run: Run, step: int) -> Metrics:
     point.update(step_seconds=step_seconds, gen_seconds=gen_seconds, train_seconds=train_seconds)
     point["tokens_per_second"] = tokens / step_seconds
     return point
+
+
+def update(run: Run, mu: float, sft_batch, rollouts, meta: bool) -> Metrics:
+    """One optimizer update on the step's batch: backward, clip, AdamW; its statistics."""
+    stats = meta_backward(run, mu, sft_batch, rollouts) if meta else weighted_backward(run, mu, sft_batch, rollouts)
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    stats["grad_norm"] = run.world.clip_grad_norm(params, run.spec.training.max_grad_norm)
+    # A batch with no learning signal (every group's rewards equal and no SFT term) must not
+    # move the weights. Adam would: it steps along its momentum, replaying the last noisy
+    # gradients at nearly full step size for tens of steps (issue 5: in pure GRPO, where
+    # most steps were zero-signal, that drift ran completions up to the 100-token cap).
+    # Its state is left as it was, so the next real step is unchanged.
+    if stats["grad_norm"] > 0:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return stats
+
+
+def _step_stats(updates: list[Metrics]) -> Metrics:
+    """A step's statistics: the mean over its updates, except the entropy, which is H_t, the
+    entropy of the policy that sampled the rollouts (the first update's)."""
+    keys = set().union(*updates)
+    stats = {key: sum(u[key] for u in updates if key in u) / sum(key in u for u in updates) for key in keys}
+    if "entropy" in updates[0]:
+        stats["entropy"] = updates[0]["entropy"]
+    return stats
 
 
 def sample_rollouts(run: Run, records: list[dict]) -> Rollouts:
@@ -406,9 +424,9 @@ def rl_backward(run: Run, rollouts: Rollouts, weight: float, with_kl: bool = Tru
         entropy = losses.masked_mean(losses.token_entropy(logits), part.completion_mask).item()
         del logits
         ref_logprobs = _reference_logprobs(run, part) if with_kl else None
-        # One update per rollout batch, so the sampling policy is the current one: old = detached.
+        # Old = the sampling policy's: this forward's own on a batch's first update (ratio 1).
         loss, extra = losses.grpo_loss(
-            logprobs, logprobs.detach(), advantages[start : start + t.micro_batch_size],
+            logprobs, rollouts.sampling.old(start, logprobs), advantages[start : start + t.micro_batch_size],
             part.completion_mask, t.clip_eps, ref_logprobs, t.kl_beta,
         )
         (weight * share * loss).backward()

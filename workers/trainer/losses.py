@@ -55,6 +55,25 @@ def group_advantages(
     return centred.flatten(), zero_signal
 
 
+class SamplingLogprobs:
+    """The sampling policy's token log-probabilities of one rollout batch: PPO's old policy.
+
+    With several updates per rollout batch (`num_iterations`), the first update's forward
+    pass runs on the very weights that sampled the batch, so its detached log-probabilities
+    are the old ones; they are kept per micro-batch for the later updates, where the ratio
+    exp(new - old) leaves 1 and clip_eps bounds it. No extra forward pass is needed.
+    """
+
+    def __init__(self) -> None:
+        self.by_part: dict[int, torch.Tensor] = {}  # micro-batch start -> [B, C]
+
+    def old(self, part: int, logprobs: torch.Tensor) -> torch.Tensor:
+        """The old log-probabilities of micro-batch `part`; the first call takes `logprobs`' own."""
+        if part not in self.by_part:
+            self.by_part[part] = logprobs.detach()
+        return self.by_part[part]
+
+
 def grpo_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -67,8 +86,8 @@ def grpo_loss(
     """PPO-clipped policy loss, token-level mean over the batch, optional KL to a reference.
 
     logprobs, old_logprobs, mask, ref_logprobs: [B, C]; advantages: [B].
-    Returns (loss [], {"clip_frac", "kl"}). With old_logprobs = logprobs.detach() (one
-    update per rollout batch) the ratio is 1 and this is the plain policy gradient.
+    Returns (loss [], {"clip_frac", "kl"}). With old_logprobs = logprobs.detach() (the
+    first update on a rollout batch) the ratio is 1 and this is the plain policy gradient.
     """
     ratio = torch.exp(logprobs - old_logprobs)  # [B, C]
     adv = advantages.unsqueeze(1)  # [B, 1]
