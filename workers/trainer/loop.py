@@ -21,7 +21,6 @@ one process its every method is the identity.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import random
 import time
@@ -45,6 +44,7 @@ from workers.trainer.hooks import Metrics, TrainerHooks, TrainResult
 from workers.trainer.models import load_policy
 from workers.trainer.graders import Scorer
 from workers.trainer.graph_rollout import make_engine
+from workers.trainer.reference import frozen_copy, take_reference, trained_names
 from workers.trainer.rollout import RolloutEngine
 from workers.trainer.schedules import MuSchedule, make_schedule, meta_gradient
 
@@ -107,7 +107,7 @@ def run_steps(run: Run, out_dir: Path, hooks: TrainerHooks, resume_from: Path | 
     for step in range(start_step + 1, total + 1):
         point = train_step(run, step)
         if step == run.reference_after:
-            take_reference(run)
+            take_reference(run.reference, run.model)
         if spec.training.eval_every and (step % spec.training.eval_every == 0 or step == total):
             with run.world.full_weights(run.model):  # every rank scores the full sets
                 point.update(evaluate_splits(run.engine, run.tokenizer, run.eval_sets, spec.training, run.scorer))
@@ -148,7 +148,7 @@ def setup(spec: JobSpec, hooks: TrainerHooks | None = None) -> Run:
     if t.lora:
         model = _with_lora(model, t.lora)
     model.train()
-    reference = world.wrap(_frozen_copy(model), spec.resources, bf16) if t.kl_beta > 0 else None
+    reference = world.wrap(frozen_copy(model), spec.resources, bf16) if t.kl_beta > 0 else None
     model = world.wrap(model, spec.resources, bf16)
     world.seed_rank(t.seed)  # after the weights: every rank starts from the same ones
     params = [p for p in model.parameters() if p.requires_grad]
@@ -210,25 +210,6 @@ def _with_lora(model, lora):
 
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules)
     return get_peft_model(model, config)
-
-
-def take_reference(run: Run) -> None:
-    """Make the frozen KL reference the current policy (at the end of the SFT warm-up)."""
-    with torch.no_grad():
-        for reference, live in zip(run.reference.parameters(), run.model.parameters()):
-            reference.copy_(live)  # the same shapes and, when sharded, the same shards
-
-
-def _trained_names(model: torch.nn.Module) -> list[str]:
-    """Parameters the policy trains: the only ones where the reference can differ from the initial model."""
-    return [name for name, p in model.named_parameters() if p.requires_grad]
-
-
-def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    reference = copy.deepcopy(model).eval()
-    for p in reference.parameters():
-        p.requires_grad_(False)
-    return reference
 
 
 # --------------------------------------------------------------------------- one step
@@ -470,7 +451,7 @@ def save(run: Run, out_dir: Path, step: int) -> Path:
     model_state, optimizer_state = run.world.checkpoint_state(run.model, run.optimizer)
     rank_rng = run.world.rank_rng()
     taken = run.reference_after and step >= run.reference_after  # else the reference is the initial model
-    reference = run.world.full_parameters(run.reference, _trained_names(run.model)) if taken else None
+    reference = run.world.full_parameters(run.reference, trained_names(run.model)) if taken else None
     return run.world.write_once(lambda: save_checkpoint(
         out_dir, step, state, run.model, run.tokenizer, optimizer_state, run.spec.model, model_state, rank_rng,
         reference,
