@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -147,6 +147,17 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(12, description="Attempts before a webhook event is given up.")
     webhook_backoff_seconds: float = Field(1.0, description="First retry delay; doubles each attempt.")
     webhook_backoff_max_seconds: float = Field(600.0, description="Longest retry delay.")
+    mlflow_tracking_uri_allowlist: str = Field(
+        "", description="Comma-separated MLflow tracking URIs job specs may export to; empty = MLflow export off."
+    )
+    mlflow_request_timeout_seconds: int = Field(10, description="How long one MLflow request may take.")
+    wandb_mode: Literal["online", "offline"] = Field(
+        "online", description="W&B mode; offline writes the run folder into the job's artifacts (wandb sync later)."
+    )
+    wandb_base_url: str | None = Field(None, description="W&B host (default W&B's cloud).")
+    wandb_api_key: SecretStr | None = Field(None, description="W&B API key used for every job's run.")
+    wandb_entity: str | None = Field(None, description="W&B entity (team or user) runs are logged under.")
+    tracker_backoff_seconds: float = Field(2.0, description="First retry delay of a failing tracker; doubles each failure.")
     # Distributed training (issue 14).
     max_devices: int = Field(8, description="Largest resources.devices a job may ask for.")
     max_nodes: int = Field(

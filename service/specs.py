@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.grader_specs import GraderSpec, MathVerifyGrader, as_grader_list, check_graders
+from service.integration_specs import IntegrationSpec
 from service.settings import get_settings
 
 Method = Literal["amft", "sft", "grpo", "sft_then_grpo", "fixed", "chord"]
@@ -237,13 +238,6 @@ class RetentionSpec(Strict):
     keep_best: KeepBestSpec | None = Field(None, description="Also keep the best checkpoint by an eval metric.")
 
 
-class IntegrationSpec(Strict):
-    """An experiment tracker that receives every step's metrics and the spec as parameters."""
-
-    kind: Literal["tensorboard"] = Field(
-        ..., description="tensorboard: event files in the job's artifacts (GET /jobs/{id}/artifacts/tensorboard)."
-    )
-
 class ResourcesSpec(Strict):
     """How many devices and machines one job spans (issue 14); 1 x 1 is one process."""
 
@@ -281,7 +275,7 @@ class JobSpec(Strict):
     # ---- issue 17 (MLOps)
     retention: RetentionSpec | None = Field(None, description="Delete older checkpoints' weights (default: keep all).")
     integrations: list[IntegrationSpec] = Field(
-        default_factory=list, max_length=4, description="Experiment trackers to export metrics to."
+        default_factory=list, max_length=4, description="Experiment trackers (tensorboard | mlflow | wandb) that receive metrics, the spec and sample tables."
     )
 
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Devices and machines for the job.")

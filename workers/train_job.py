@@ -82,11 +82,11 @@ class Watch:
         self._thread = threading.Thread(target=self._beat, args=(heartbeat_seconds,), daemon=True, name="heartbeat")
         # Issue 17: the spec's trackers; a failing one records an event and never fails the job.
         self.export = Export(held.spec, lifecycle.job_dir(artifacts_dir, held.job_id),
-                             lambda kind, message: lifecycle.note(db, held, kind, message))
+                             lambda kind, message: lifecycle.note(db, held, kind, message), held.job_id)
 
     def hooks(self) -> TrainerHooks:
         return TrainerHooks(on_metrics=self.on_metrics, on_checkpoint=self.on_checkpoint, should_stop=self.should_stop,
-                            on_event=self.on_event)
+                            on_event=self.on_event, on_samples=self.on_samples)
 
     def on_event(self, kind: str, message: str) -> None:
         self._check_fenced()
@@ -96,6 +96,10 @@ class Watch:
         self._check_fenced()
         self.cancel = retrying(lambda: metrics.record_step(self.db, self.held, point), self.retry_for) or self.cancel
         self.export.on_metrics(point)
+
+    def on_samples(self, step: int, rows: list[dict]) -> None:
+        self._check_fenced()
+        self.export.on_samples(step, rows)  # trackers only: the table is not stored in SQL
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         self._check_fenced()

@@ -21,6 +21,7 @@ so the single-process run is exactly what it was before.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import os
 import random
@@ -180,7 +181,7 @@ class Sharded(SingleProcess):
     def reporter(self, hooks: TrainerHooks) -> TrainerHooks:
         """Rank 0 reports; every rank stops together on rank 0's decision."""
         if self.rank == 0:
-            return TrainerHooks(hooks.on_metrics, hooks.on_checkpoint, lambda: self._broadcast(hooks.should_stop()))
+            return dataclasses.replace(hooks, should_stop=lambda: self._broadcast(hooks.should_stop()))
         return TrainerHooks(should_stop=lambda: self._broadcast(None))
 
     def write_once(self, write: Callable[[], T]) -> T:

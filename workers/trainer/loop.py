@@ -101,7 +101,8 @@ def run_steps(run: Run, out_dir: Path, hooks: TrainerHooks, resume_from: Path | 
         point = train_step(run, step)
         if spec.training.eval_every and (step % spec.training.eval_every == 0 or step == total):
             with run.world.full_weights(run.model):  # every rank scores the full sets
-                point.update(evaluate_splits(run.engine, run.tokenizer, run.eval_sets, spec.training, run.scorer))
+                point.update(evaluate_splits(run.engine, run.tokenizer, run.eval_sets, spec.training, run.scorer,
+                                             lambda rows: hooks.on_samples(step, rows)))  # trackers' table
         hooks.on_metrics(point)
         stopping = hooks.should_stop()
         if step % spec.training.save_every == 0 or step == total or stopping:
