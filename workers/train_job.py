@@ -73,7 +73,7 @@ class Watch:
     lease between steps (a step, a model load or a checkpoint may outlast the lease)."""
 
     def __init__(self, db: Database, held: lifecycle.Claim, artifacts_dir: Path, heartbeat_seconds: float,
-                 retry_for: float = 30.0):
+                 retry_for: float = 30.0, settings: Settings | None = None):
         self.db, self.held, self.artifacts_dir = db, held, artifacts_dir
         self.retry_for = retry_for
         self.cancel = False
@@ -82,7 +82,7 @@ class Watch:
         self._thread = threading.Thread(target=self._beat, args=(heartbeat_seconds,), daemon=True, name="heartbeat")
         # Issue 17: the spec's trackers; a failing one records an event and never fails the job.
         self.export = Export(held.spec, lifecycle.job_dir(artifacts_dir, held.job_id),
-                             lambda kind, message: lifecycle.note(db, held, kind, message), held.job_id)
+                             lambda kind, message: lifecycle.note(db, held, kind, message), held.job_id, settings)
 
     def hooks(self) -> TrainerHooks:
         return TrainerHooks(on_metrics=self.on_metrics, on_checkpoint=self.on_checkpoint, should_stop=self.should_stop,
@@ -153,7 +153,7 @@ def run_train_job(job_id: str, settings: Settings | None = None) -> str:
         log.info("woken by job %s: no job is claimable now (running, finished, cancelled or held back)", job_id)
         return "not_claimable"
     artifacts = settings.resolved_artifacts_dir
-    watch = Watch(db, held, artifacts, settings.heartbeat_seconds, retry_seconds(settings))
+    watch = Watch(db, held, artifacts, settings.heartbeat_seconds, retry_seconds(settings), settings)
     try:
         with watch, _stop_on_sigterm():
             return _train(db, held, watch, settings, artifacts)

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 from workers.trackers.base import SAMPLE_COLUMNS, TrackerContext
 
-WANDB_DIR = "wandb"
-
 
 class WandbTracker:
     def __init__(self, context: TrackerContext):
         import wandb
 
         s = context.settings
-        folder = context.job_dir / WANDB_DIR
-        folder.mkdir(parents=True, exist_ok=True)
+        context.job_dir.mkdir(parents=True, exist_ok=True)  # wandb writes its run folders in <dir>/wandb/
         options = {"mode": s.wandb_mode, "console": "off", "silent": True, "disable_git": True, "save_code": False,
                    "x_disable_stats": True, "x_disable_machine_info": True, "reinit": "create_new"}
         if s.wandb_api_key is not None:
@@ -26,7 +23,7 @@ class WandbTracker:
         self.wandb = wandb
         self.run = wandb.init(entity=s.wandb_entity, project=context.config.get("project") or "amft",
                               name=context.config.get("run_name") or context.job_id, id=context.job_id,
-                              resume="allow", dir=str(folder), config=context.spec, settings=wandb.Settings(**options))
+                              resume="allow", dir=str(context.job_dir), config=context.spec, settings=wandb.Settings(**options))
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log(metrics, step=step)
