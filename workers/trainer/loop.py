@@ -9,6 +9,7 @@ Metric names per step (the service and plots depend on them): step, phase, mu,
 reward_mean, reward_std, accuracy, zero_signal_frac, sft_loss, rl_loss, loss, entropy,
 target_entropy, meta_grad (meta steps), kl, clip_frac, grad_norm, lr,
 completion_tokens_mean, step_seconds, gen_seconds, train_seconds, tokens_per_second,
+train_tokens (prompt and completion tokens trained on, all ranks),
 reward/<grader name> (each grader's mean score), and eval_accuracy_<split> /
 eval_reward_<split> at eval steps. RL metrics are absent on steps without rollouts.
 
@@ -248,6 +249,7 @@ def train_step(run: Run, step: int) -> Metrics:
     step_seconds = time.perf_counter() - started
     point.update(step_seconds=step_seconds, gen_seconds=gen_seconds, train_seconds=train_seconds)
     point["tokens_per_second"] = tokens / step_seconds
+    point["train_tokens"] = tokens
     return point
 
 
