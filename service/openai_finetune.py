@@ -70,8 +70,6 @@ def create_job(db: Database, tenant_id: str, body: dict, publish, max_attempts: 
     unknown = sorted(set(body) - KNOWN)
     if unknown:
         raise OpenAIError(400, f"unknown parameter {unknown[0]!r}", unknown[0])
-    if body.get("integrations"):
-        raise OpenAIError(400, "integrations are set in the spec here: use extra_body amft.integrations", "integrations")
     try:
         spec = _spec(db, tenant_id, body)
     except (AttributeError, TypeError) as error:  # an object where a string was due, or the reverse
@@ -176,11 +174,31 @@ def _spec(db: Database, tenant_id: str, body: dict) -> dict:
                                "rl_prompts_per_step": batch, "learning_rate": BASE_LEARNING_RATE * multiplier}}
     if body.get("validation_file"):
         spec["datasets"]["validation"] = {"source": f"file:{_file(db, tenant_id, body['validation_file'], 'validation_file')[0]}"}
+    if body.get("integrations"):
+        spec["integrations"] = _integrations(body["integrations"])
     if body.get("seed") is not None:
         spec["training"]["seed"] = body["seed"]
     for key, value in (body.get("amft") or {}).items():  # our extension: any spec field
         spec[key] = {**spec[key], **value} if isinstance(spec.get(key), dict) and isinstance(value, dict) else value
     return spec
+
+
+def _integrations(items) -> list[dict]:
+    """OpenAI's `[{"type": "wandb", "wandb": {"project", "name"}}]` as our wandb integration;
+    the entity (like the host and key) is the operator's, so naming one is refused."""
+    if not isinstance(items, list):
+        raise OpenAIError(400, "integrations must be a list", "integrations")
+    mapped = []
+    for item in items:
+        if not isinstance(item, dict) or item.get("type") != "wandb":
+            raise OpenAIError(400, "only integrations of type wandb are supported (others through extra_body "
+                                   "amft.integrations)", "integrations.type")
+        options = item.get("wandb") or {}
+        for name in sorted(set(options) - {"project", "name"}):
+            raise OpenAIError(400, f"integrations.wandb.{name} is not supported here: the W&B entity, host and key "
+                                   "are set by this deployment", f"integrations.wandb.{name}")
+        mapped.append({"kind": "wandb", "project": options.get("project") or "amft", "run_name": options.get("name")})
+    return mapped
 
 
 def _auto(value, default, name: str):
@@ -244,7 +262,10 @@ def _job_object(job: dict, trained_tokens: int | None = None) -> dict:
                             "learning_rate_multiplier": training.get("learning_rate", BASE_LEARNING_RATE) / BASE_LEARNING_RATE},
         "method": {"type": "reinforcement" if spec["method"] == "grpo" else "supervised"},
         "error": {"code": error["code"], "message": error["message"], "param": None} if error else None,
-        "estimated_finish": None, "integrations": [], "metadata": None,
+        "estimated_finish": None, "metadata": None,
+        "integrations": [{"type": "wandb", "wandb": {"project": i["project"], "name": i.get("run_name"), "entity": None,
+                                                     "tags": None}}
+                         for i in spec.get("integrations") or [] if i["kind"] == "wandb"],
     }
 
 

@@ -84,3 +84,20 @@ def test_list_pages_with_after_and_trained_tokens_counts_the_tokens(pg_api, proc
     with pytest.raises(openai.BadRequestError) as refused:  # another tenant's id is no cursor
         bob.fine_tuning.jobs.list(after=first.id)
     assert refused.value.body["param"] == "after"
+
+
+def test_wandb_integration_maps_onto_the_spec_and_an_entity_is_refused(pg_api):
+    key = pg_api.key("alice")
+    client = openai.OpenAI(base_url=pg_api.url + "/v1", api_key=key, max_retries=0)
+    uploaded = client.files.create(file=("t.jsonl", io.BytesIO("\n".join(map(json.dumps, chat_lines(4))).encode())),
+                                   purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="builtin:tiny", training_file=uploaded.id,
+                                         integrations=[{"type": "wandb", "wandb": {"project": "ft", "name": "run-1"}}])
+    assert job.integrations[0].type == "wandb" and job.integrations[0].wandb.project == "ft"
+    with pg_api.client(key) as ours:
+        spec = ours.get(f"/jobs/{job.id.removeprefix('ftjob-')}").json()["spec"]
+    assert spec["integrations"] == [{"kind": "wandb", "project": "ft", "run_name": "run-1"}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.fine_tuning.jobs.create(model="builtin:tiny", training_file=uploaded.id,
+                                       integrations=[{"type": "wandb", "wandb": {"project": "ft", "entity": "them"}}])
+    assert refused.value.body["param"] == "integrations.wandb.entity"
