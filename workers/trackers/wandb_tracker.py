@@ -15,7 +15,8 @@ class WandbTracker:
         s = context.settings
         context.job_dir.mkdir(parents=True, exist_ok=True)  # wandb writes its run folders in <dir>/wandb/
         options = {"mode": s.wandb_mode, "console": "off", "silent": True, "disable_git": True, "save_code": False,
-                   "x_disable_stats": True, "x_disable_machine_info": True, "reinit": "create_new"}
+                   "x_disable_stats": True, "x_disable_machine_info": True, "reinit": "create_new",
+                   "init_timeout": 30.0}  # an unreachable host fails the try (retried later), not the step for 90 s
         if s.wandb_api_key is not None:
             options["api_key"] = s.wandb_api_key.get_secret_value()
         if s.wandb_base_url:
