@@ -74,7 +74,9 @@ class Export:
             self._flush(slot)
 
     def _flush(self, slot: _Slot, force: bool = False) -> None:
-        if not force and time.monotonic() < slot.retry_at:
+        # Nothing to send opens nothing: under torchrun the worker's own Export sees no
+        # steps (rank 0's does), and must not open a second run of the job at close.
+        if not slot.pending or (not force and time.monotonic() < slot.retry_at):
             return
         try:
             if slot.tracker is None:

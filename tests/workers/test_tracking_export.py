@@ -66,3 +66,9 @@ def test_backoff_waits_and_close_tries_once_more(tmp_path):
     assert not blocker.exists()
     tracking.close()  # the last try sends both
     assert scalars(blocker, "mu") == {1: 0.9, 2: 0.8}
+
+
+def test_an_export_that_saw_no_step_opens_no_tracker(tmp_path):
+    notes: list = []
+    export(tmp_path, 0.0, notes).close()  # the torchrun worker's Export: rank 0 reports, not it
+    assert not (tmp_path / "job" / "tensorboard").exists() and notes == []
