@@ -10,7 +10,7 @@ Who ends the job:
   next attempt resumes from the latest recorded checkpoint;
 - a rank of a multi-device group died: released, to resume from the last checkpoint;
 - this worker cannot serve the job's resources: declined with an event, back to the queue.
-The launcher (in-process or torchrun; workers.launchers) is chosen once at claim.
+The launcher (in-process, torchrun or Ray; workers.launchers) is chosen once at claim.
 """
 
 from __future__ import annotations
@@ -197,10 +197,10 @@ def _train(db: Database, held: lifecycle.Claim, watch: Watch, settings: Settings
 
 def _launch(launcher: str, spec: JobSpec, job_dir: Path, watch: Watch, resume: Path | None, settings: Settings):
     """Start the trainer the chosen way; the TrainResult, or None if a rank died."""
-    if launcher == "torchrun":
-        from workers.launchers import run_torchrun
+    if launcher != "local":
+        from workers.launchers import GROUP_LAUNCHERS
 
-        return run_torchrun(spec, job_dir, watch, resume, settings)
+        return GROUP_LAUNCHERS[launcher](spec, job_dir, watch, resume, settings)
     from workers.trainer.loop import train  # torch is imported here, in the worker only
 
     return train(spec, job_dir, watch.hooks(), resume_from=resume)

@@ -1,0 +1,128 @@
+"""Issue 14, multi-node: a two-node Ray cluster on this machine (two raylets, one CPU each)
+runs a resources.nodes = 2 job through the service: POST /jobs, a real Celery worker with
+AMFT_RAY_ADDRESS, Ray Train's TorchTrainer with 2 gloo ranks, PostgreSQL + Redis."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+import pytest
+
+from service.settings import get_settings
+
+from tests.workers.test_distributed_jobs import launch_folder
+from tests.workers.test_tasks import all_points, submit, wait_status
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+TWO_NODE_SPEC = {
+    "method": "amft",
+    "model": "builtin:tiny",
+    "resources": {"devices": 1, "nodes": 2},
+    "training": {"total_steps": 6, "warmup_steps": 2, "save_every": 3, "sft_batch_size": 2, "rl_prompts_per_step": 2,
+                 "num_generations": 2, "max_completion_tokens": 12, "device": "cpu"},
+    "controller": {"meta_interval": 3, "meta_val_prompts": 2},
+}
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RayCluster:
+    """`ray start --head` and one `ray start --address` on loopback, every port a free one
+    (never 6379: other tests share this machine's Redis), in a private temp dir.
+
+    Stopping kills only this cluster's processes: those whose command line names its temp
+    dir (GCS, raylets, agents) and their descendants (the workers), never `ray stop`,
+    which would stop every Ray cluster of this user.
+    """
+
+    def __init__(self):
+        # Short: Ray's Unix socket paths under it must stay below 108 bytes.
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="amftray", dir="/tmp"))
+        self.address = f"127.0.0.1:{free_port()}"
+
+    def start(self) -> None:
+        head = ["--head", f"--port={self.address.split(':')[1]}", f"--temp-dir={self.temp_dir}",
+                "--include-dashboard=false", f"--ray-client-server-port={free_port()}"]
+        self._node(head)
+        self._node([f"--address={self.address}"])
+
+    def _node(self, role: list[str]) -> None:
+        ports = {name: free_port() for name in ("node-manager-port", "object-manager-port", "dashboard-agent-grpc-port",
+                                                 "dashboard-agent-listen-port", "runtime-env-agent-port",
+                                                 "metrics-export-port")}
+        command = [RAY, "start", *role, "--num-cpus=1", "--num-gpus=0", "--node-ip-address=127.0.0.1",
+                   "--object-store-memory=100000000", "--disable-usage-stats",
+                   *(f"--{name}={port}" for name, port in ports.items())]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def processes(self) -> list[psutil.Process]:
+        mine = []
+        for proc in psutil.process_iter(["cmdline"]):
+            if str(self.temp_dir) in " ".join(proc.info["cmdline"] or ()):
+                mine.append(proc)
+                mine.extend(proc.children(recursive=True))
+        return list({p.pid: p for p in mine}.values())
+
+    def stop(self) -> None:
+        procs = self.processes()
+        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            for proc in procs:
+                try:
+                    proc.send_signal(sig)
+                except psutil.NoSuchProcess:
+                    pass
+            _gone, procs = psutil.wait_procs(procs, timeout=grace)
+            if not procs:
+                break
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> RayCluster:
+    cluster = RayCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_settings(pg_settings, ray_cluster, monkeypatch):
+    """The conftest's settings, with this cluster and two nodes allowed (also for the
+    spec's validation in this process, which reads the process-wide settings)."""
+    monkeypatch.setenv("AMFT_MAX_NODES", "2")
+    get_settings.cache_clear()
+    yield pg_settings.model_copy(update={"max_nodes": 2, "ray_address": ray_cluster.address})
+    monkeypatch.delenv("AMFT_MAX_NODES")
+    get_settings.cache_clear()
+
+
+def test_two_node_job_runs_on_the_ray_cluster_to_success(pg_api, pg_workers, ray_cluster):
+    pg_workers.start(extra_env={"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
+    with pg_api.client(pg_api.key("alice")) as client:
+        job_id = submit(client, TWO_NODE_SPEC)
+        job = wait_status(client, job_id, ("succeeded", "failed"), timeout=800)
+        folder = launch_folder(pg_api.settings, job_id, 1)
+        ray_log = (folder / "ray.log").read_text()[-4000:] if (folder / "ray.log").exists() else ""
+        assert job["status"] == "succeeded", (job, pg_workers.logs(), ray_log)
+        assert [p["step"] for p in all_points(client, job_id)] == list(range(1, 7))  # each step exactly once
+        assert [c["step"] for c in client.get(f"/jobs/{job_id}/checkpoints").json()["checkpoints"]] == [3, 6]
+        assert {json.loads((folder / f"exit-rank{r}.json").read_text())["status"] for r in (0, 1)} == {"completed"}
+        nodes = {json.loads((folder / f"node-rank{r}.json").read_text())["node_id"] for r in (0, 1)}
+        assert len(nodes) == 2, "Ray placed both ranks on one node"
