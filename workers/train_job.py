@@ -170,8 +170,8 @@ def _train(db: Database, held: lifecycle.Claim, watch: Watch, settings: Settings
         launcher = choose_launcher(spec, settings)
     except Unservable as reason:
         retrying(lambda: lifecycle.note(db, held, "declined", str(reason)), watch.retry_for)
-        retrying(lambda: lifecycle.release(db, held, f"declined: {reason}"), watch.retry_for)
-        return "declined"
+        released = retrying(lambda: lifecycle.release(db, held, f"declined: {reason}", "unservable"), watch.retry_for)
+        return "declined" if released == "released" else "failed"
     try:
         resume = _usable_resume(db, held, artifacts)
         result = _launch(launcher, spec, lifecycle.job_dir(artifacts, held.job_id), watch, resume, settings)
@@ -184,9 +184,8 @@ def _train(db: Database, held: lifecycle.Claim, watch: Watch, settings: Settings
         retrying(lambda: lifecycle.fail(db, held, "trainer_error", message), watch.retry_for)
         return "failed"
     if result is None:
-        reason = "a rank of the job's process group died; resuming from the last checkpoint"
-        retrying(lambda: lifecycle.release(db, held, reason), watch.retry_for)
-        return "released"
+        reason = "a rank of the job's process group died (the next attempt resumes from the last checkpoint)"
+        return retrying(lambda: lifecycle.release(db, held, reason, "rank_died"), watch.retry_for)
     if result.status == "stopped" and SHUTTING_DOWN.is_set() and not watch.cancel:
         reason = f"worker shutting down; checkpoint at step {result.last_step}"
         retrying(lambda: lifecycle.release(db, held, reason), watch.retry_for)
