@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 from service.settings import get_settings
@@ -95,14 +96,32 @@ def main(launch_file: Path) -> int:
         run_config=RunConfig(name="ray-train", storage_path=str(launch_file.parent),
                              failure_config=FailureConfig(max_failures=0, max_preemption_failures=0)),
     )
+    placed = threading.Event()
+    threading.Thread(target=stop_while_unplaced, args=(launch_file.parent, launch, placed), daemon=True).start()
     try:
         trainer.fit()
     except Exception:  # noqa: BLE001 - a worker died; the launcher reads the ranks' files
         log.exception("the Ray Train run ended with an error")
         return 1
     finally:
+        placed.set()
         ray.shutdown()
     return 0
+
+
+def stop_while_unplaced(folder: Path, launch: dict, done: threading.Event) -> None:
+    """Cancel and shutdown reach rank 0 through the stop file, but while Ray waits for the
+    cluster to place the workers (it is busy, or too small: Ray waits for it to grow) no
+    rank reads it. Then the run ends here, as a stop at the step it resumed from."""
+    while not done.wait(0.5):
+        if (folder / "stop").exists() and not (folder / "pid-rank0").exists():
+            (folder / "exit-rank0.json").write_text(json.dumps(
+                {"rank": 0, "status": "stopped", "last_step": launch["claim"]["resume_step"],
+                 "last_checkpoint": launch["resume"]}))
+            log.info("stopped before Ray placed the workers; ending the run")
+            # The controller may sit in a blocking placement wait and not serve abort();
+            # the driver's exit ends its Ray job, whose actors and placement group go with it.
+            os._exit(0)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Issue 14, multi-node: a two-node Ray cluster on this machine (two raylets, one CPU each)
 runs a resources.nodes = 2 job through the service: POST /jobs, a real Celery worker with
-AMFT_RAY_ADDRESS, Ray Train's TorchTrainer with 2 gloo ranks, PostgreSQL + Redis."""
+AMFT_RAY_ADDRESS, Ray Train's TorchTrainer with 2 gloo ranks, PostgreSQL + Redis; and a
+cancel reaches a job that Ray is still waiting to place. One cluster serves the module
+(starting a Ray node takes tens of seconds on 2 loaded cores)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import psutil
 import pytest
 
 from service.settings import get_settings
-
+from tests.conftest import wait_for
 from tests.workers.test_distributed_jobs import launch_folder
 from tests.workers.test_tasks import all_points, submit, wait_status
 
@@ -126,3 +128,22 @@ def test_two_node_job_runs_on_the_ray_cluster_to_success(pg_api, pg_workers, ray
         assert {json.loads((folder / f"exit-rank{r}.json").read_text())["status"] for r in (0, 1)} == {"completed"}
         nodes = {json.loads((folder / f"node-rank{r}.json").read_text())["node_id"] for r in (0, 1)}
         assert len(nodes) == 2, "Ray placed both ranks on one node"
+
+
+def test_cancel_while_ray_waits_to_place_the_workers(pg_api, pg_workers, ray_cluster):
+    """4 workers on a 2-CPU cluster: Ray waits for resources (no rank runs to read the stop
+    file); the cancel still ends the run and the job is cancelled, having run nothing."""
+    too_big = {**TWO_NODE_SPEC, "resources": {"devices": 2, "nodes": 2},
+               "training": {**TWO_NODE_SPEC["training"], "sft_batch_size": 4, "rl_prompts_per_step": 4},
+               "controller": {"meta_interval": 3, "meta_val_prompts": 4}}
+    pg_workers.start()
+    with pg_api.client(pg_api.key("alice")) as client:
+        job_id = submit(client, too_big)
+        log = launch_folder(pg_api.settings, job_id, 1) / "ray.log"
+        wait_for(lambda: log.exists() and "Attempting to start training worker group" in log.read_text(), 300,
+                 interval=1, what="Ray waiting to place 4 workers")
+        assert client.post(f"/jobs/{job_id}/cancel").json()["cancel_requested"] is True
+        job = wait_status(client, job_id, ("cancelled", "failed", "succeeded"), timeout=120)
+        assert job["status"] == "cancelled", (job, pg_workers.logs(), log.read_text()[-3000:])
+        assert not list(log.parent.glob("pid-rank*"))  # no rank ever started
+        assert client.get(f"/jobs/{job_id}/metrics").json()["points"] == []
