@@ -96,15 +96,15 @@ def main(launch_file: Path) -> int:
         run_config=RunConfig(name="ray-train", storage_path=str(launch_file.parent),
                              failure_config=FailureConfig(max_failures=0, max_preemption_failures=0)),
     )
-    placed = threading.Event()
-    threading.Thread(target=stop_while_unplaced, args=(launch_file.parent, launch, placed), daemon=True).start()
+    ended = threading.Event()
+    threading.Thread(target=stop_while_unplaced, args=(launch_file.parent, launch, ended), daemon=True).start()
     try:
         trainer.fit()
     except Exception:  # noqa: BLE001 - a worker died; the launcher reads the ranks' files
         log.exception("the Ray Train run ended with an error")
         return 1
     finally:
-        placed.set()
+        ended.set()
         ray.shutdown()
     return 0
 
