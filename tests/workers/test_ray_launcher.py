@@ -51,33 +51,40 @@ class RayCluster:
     which would stop every Ray cluster of this user.
     """
 
-    def __init__(self):
-        # Short: Ray's Unix socket paths under it must stay below 108 bytes.
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="amftray", dir="/tmp"))
-        self.address = f"127.0.0.1:{free_port()}"
+    def start(self, tries: int = 3) -> None:
+        """Start both nodes; again from scratch if `ray start` gave up (it waits a fixed 30 s
+        for a raylet to register, which a loaded 2-core machine can exceed)."""
+        for _ in range(tries):
+            # Short: Ray's Unix socket paths under it must stay below 108 bytes.
+            self.temp_dir = Path(tempfile.mkdtemp(prefix="amftray", dir="/tmp"))
+            self.address = f"127.0.0.1:{free_port()}"
+            head = ["--head", f"--port={self.address.split(':')[1]}", f"--temp-dir={self.temp_dir}",
+                    "--include-dashboard=false", f"--ray-client-server-port={free_port()}"]
+            if self._node(head) and self._node([f"--address={self.address}"]):
+                return
+            self.stop()
+        raise AssertionError(f"could not start a two-node Ray cluster in {tries} tries:\n{self.failure}")
 
-    def start(self) -> None:
-        head = ["--head", f"--port={self.address.split(':')[1]}", f"--temp-dir={self.temp_dir}",
-                "--include-dashboard=false", f"--ray-client-server-port={free_port()}"]
-        self._node(head)
-        self._node([f"--address={self.address}"])
-
-    def _node(self, role: list[str]) -> None:
+    def _node(self, role: list[str]) -> bool:
         ports = {name: free_port() for name in ("node-manager-port", "object-manager-port", "dashboard-agent-grpc-port",
                                                  "dashboard-agent-listen-port", "runtime-env-agent-port",
                                                  "metrics-export-port")}
         command = [RAY, "start", *role, "--num-cpus=1", "--num-gpus=0", "--node-ip-address=127.0.0.1",
                    "--object-store-memory=100000000", "--disable-usage-stats",
                    *(f"--{name}={port}" for name, port in ports.items())]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=180)
-        assert done.returncode == 0, done.stdout + done.stderr
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        self.failure = (done.stdout + done.stderr)[-3000:]
+        return done.returncode == 0
 
     def processes(self) -> list[psutil.Process]:
         mine = []
         for proc in psutil.process_iter(["cmdline"]):
             if str(self.temp_dir) in " ".join(proc.info["cmdline"] or ()):
                 mine.append(proc)
-                mine.extend(proc.children(recursive=True))
+                try:
+                    mine.extend(proc.children(recursive=True))
+                except psutil.NoSuchProcess:
+                    pass
         return list({p.pid: p for p in mine}.values())
 
     def stop(self) -> None:
