@@ -2,7 +2,8 @@
 
     queued --claim--> running --finish--> succeeded | cancelled
       ^                 |  \\--fail-----> failed
-      |                 |   \\-release (worker shutting down)--> queued
+      |                 |   \\-release (worker shutting down; or declined / a rank died:
+      |                 |            counted, no attempts left: failed)--> queued
       +--reap (lease expired, attempts left)--+      (no attempts left: failed)
     queued --cancel--> cancelled (at once); running --cancel--> flag, the loop stops
 

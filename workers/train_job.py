@@ -9,7 +9,8 @@ Who ends the job:
 - the process died: nothing here; the reaper re-queues it when the lease expires and the
   next attempt resumes from the latest recorded checkpoint;
 - a rank of a multi-device group died: released, to resume from the last checkpoint;
-- this worker cannot serve the job's resources: declined with an event, back to the queue.
+- this worker cannot serve the job's resources: declined with an event, back to the queue;
+  these two cost an attempt each: past max_attempts the job fails (rank_died, unservable).
 The launcher (in-process, torchrun or Ray; workers.launchers) is chosen once at claim.
 """
 
