@@ -1,12 +1,14 @@
 """Issue 14, multi-node: a two-node Ray cluster on this machine (two raylets, one CPU each)
 runs a resources.nodes = 2 job through the service: POST /jobs, a real Celery worker with
-AMFT_RAY_ADDRESS, Ray Train's TorchTrainer with 2 gloo ranks, PostgreSQL + Redis; and a
-cancel reaches a job that Ray is still waiting to place. One cluster serves the module
+AMFT_RAY_ADDRESS, Ray Train's TorchTrainer with 2 gloo ranks, PostgreSQL + Redis, through a
+kill -9 of one rank (released, resumed); and a cancel reaches a job that Ray is still
+waiting to place. One cluster serves the module
 (starting a Ray node takes tens of seconds on 2 loaded cores)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -122,14 +124,24 @@ def pg_settings(pg_settings, ray_cluster, monkeypatch):
     get_settings.cache_clear()
 
 
-def test_two_node_job_runs_on_the_ray_cluster_to_success(pg_api, pg_workers, ray_cluster):
+def test_two_node_job_runs_to_success_through_a_killed_rank(pg_api, pg_workers, ray_cluster):
+    """One job, to save a Ray run: attempt 1 runs on both nodes until rank 1 is killed
+    (kill -9) after the step-3 checkpoint; the attempt is released, attempt 2 resumes from
+    step 3 on a new Ray run and succeeds, with every step's metrics exactly once."""
     pg_workers.start(extra_env={"RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
     with pg_api.client(pg_api.key("alice")) as client:
         job_id = submit(client, TWO_NODE_SPEC)
+        wait_for(lambda: client.get(f"/jobs/{job_id}/checkpoints").json()["checkpoints"]
+                 and client.get(f"/jobs/{job_id}").json()["progress"]["step"] >= 4, 600, interval=0.1,
+                 what="a checkpoint and step 4")
+        os.kill(int((launch_folder(pg_api.settings, job_id, 1) / "pid-rank1").read_text()), signal.SIGKILL)
         job = wait_status(client, job_id, ("succeeded", "failed"), timeout=800)
-        folder = launch_folder(pg_api.settings, job_id, 1)
+        folder = launch_folder(pg_api.settings, job_id, 2)
         ray_log = (folder / "ray.log").read_text()[-4000:] if (folder / "ray.log").exists() else ""
         assert job["status"] == "succeeded", (job, pg_workers.logs(), ray_log)
+        events = client.get(f"/jobs/{job_id}/events").json()["events"]
+        assert [e["kind"] for e in events].count("started") == 2 and "released" in [e["kind"] for e in events]
+        assert "resuming from step 3" in [e for e in events if e["kind"] == "started"][-1]["message"]
         assert [p["step"] for p in all_points(client, job_id)] == list(range(1, 7))  # each step exactly once
         assert [c["step"] for c in client.get(f"/jobs/{job_id}/checkpoints").json()["checkpoints"]] == [3, 6]
         assert {json.loads((folder / f"exit-rank{r}.json").read_text())["status"] for r in (0, 1)} == {"completed"}
