@@ -2,8 +2,8 @@
 runs a resources.nodes = 2 job through the service: POST /jobs, a real Celery worker with
 AMFT_RAY_ADDRESS, Ray Train's TorchTrainer with 2 gloo ranks, PostgreSQL + Redis, through a
 kill -9 of one rank (released, resumed); and a cancel reaches a job that Ray is still
-waiting to place. One cluster serves the module
-(starting a Ray node takes tens of seconds on 2 loaded cores)."""
+waiting to place. One cluster serves the module (starting a Ray node takes tens of
+seconds on 2 loaded cores)."""
 
 from __future__ import annotations
 
