@@ -161,7 +161,11 @@ class Settings(BaseSettings):
     # Distributed training (issue 14).
     max_devices: int = Field(8, description="Largest resources.devices a job may ask for.")
     max_nodes: int = Field(
-        1, description="Largest resources.nodes a job may ask for (the multi-node Ray launcher is not built yet)."
+        1, description="Largest resources.nodes a job may ask for; above 1, train workers need AMFT_RAY_ADDRESS."
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster (host:port of its head's GCS) that runs multi-node jobs with Ray Train; "
+        "unset: this worker declines jobs with resources.nodes > 1.",
     )
     worker_devices: int = Field(
         1, description="Devices this train worker can give one job (GPUs, or CPU processes); larger jobs are declined."

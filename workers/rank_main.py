@@ -1,4 +1,5 @@
-"""One rank of a multi-device job, as torchrun starts it: `python -m workers.rank_main CLAIM_JSON`.
+"""One rank of a multi-device job, as torchrun starts it (`python -m workers.rank_main CLAIM_JSON`)
+or as a Ray Train worker runs it (workers.ray_launcher.rank_entry).
 
 The Celery worker that claimed the job (workers.launchers) owns the lease: it heartbeats,
 watches the cancel flag and SIGTERM, and ends the job. Here every rank runs the same loop;
@@ -37,9 +38,18 @@ def rank_zero_hooks(claim: dict, launch_dir: Path):
 
 
 def main(claim_file: Path) -> int:
+    """torchrun's entry: the rank is in RANK."""
+    return run_rank(claim_file, int(os.environ.get("RANK", "0")))
+
+
+def run_rank(claim_file: Path, rank: int) -> int:
+    """Run rank `rank` of the job in `claim_file` (written by workers.launchers) to its end.
+
+    The launcher (torchrun, or Ray Train in workers.ray_launcher) started the processes;
+    the loop joins or finds their process group (workers.trainer.distributed.make_world).
+    """
     launch = json.loads(claim_file.read_text())
     launch_dir = claim_file.parent
-    rank = int(os.environ.get("RANK", "0"))
     (launch_dir / f"pid-rank{rank}").write_text(str(os.getpid()))  # for operators and the fault tests
     try:
         from workers.trainer.hooks import TrainerHooks

@@ -9,8 +9,9 @@ Who ends the job:
 - the process died: nothing here; the reaper re-queues it when the lease expires and the
   next attempt resumes from the latest recorded checkpoint;
 - a rank of a multi-device group died: released, to resume from the last checkpoint;
-- this worker cannot serve the job's resources: declined with an event, back to the queue.
-The launcher (in-process or torchrun; workers.launchers) is chosen once at claim.
+- this worker cannot serve the job's resources: declined with an event, back to the queue;
+  these two cost an attempt each: past max_attempts the job fails (rank_died, unservable).
+The launcher (in-process, torchrun or Ray; workers.launchers) is chosen once at claim.
 """
 
 from __future__ import annotations
@@ -174,8 +175,8 @@ def _train(db: Database, held: lifecycle.Claim, watch: Watch, settings: Settings
         launcher = choose_launcher(spec, settings)
     except Unservable as reason:
         retrying(lambda: lifecycle.note(db, held, "declined", str(reason)), watch.retry_for)
-        retrying(lambda: lifecycle.release(db, held, f"declined: {reason}"), watch.retry_for)
-        return "declined"
+        released = retrying(lambda: lifecycle.release(db, held, f"declined: {reason}", "unservable"), watch.retry_for)
+        return "declined" if released == "released" else "failed"
     try:
         resume = _usable_resume(db, held, artifacts)
         result = _launch(launcher, spec, lifecycle.job_dir(artifacts, held.job_id), watch, resume, settings)
@@ -188,9 +189,8 @@ def _train(db: Database, held: lifecycle.Claim, watch: Watch, settings: Settings
         retrying(lambda: lifecycle.fail(db, held, "trainer_error", message), watch.retry_for)
         return "failed"
     if result is None:
-        reason = "a rank of the job's process group died; resuming from the last checkpoint"
-        retrying(lambda: lifecycle.release(db, held, reason), watch.retry_for)
-        return "released"
+        reason = "a rank of the job's process group died (the next attempt resumes from the last checkpoint)"
+        return retrying(lambda: lifecycle.release(db, held, reason, "rank_died"), watch.retry_for)
     if result.status == "stopped" and SHUTTING_DOWN.is_set() and not watch.cancel:
         reason = f"worker shutting down; checkpoint at step {result.last_step}"
         retrying(lambda: lifecycle.release(db, held, reason), watch.retry_for)
@@ -201,10 +201,10 @@ def _train(db: Database, held: lifecycle.Claim, watch: Watch, settings: Settings
 
 def _launch(launcher: str, spec: JobSpec, job_dir: Path, watch: Watch, resume: Path | None, settings: Settings):
     """Start the trainer the chosen way; the TrainResult, or None if a rank died."""
-    if launcher == "torchrun":
-        from workers.launchers import run_torchrun
+    if launcher != "local":
+        from workers.launchers import GROUP_LAUNCHERS
 
-        return run_torchrun(spec, job_dir, watch, resume, settings)
+        return GROUP_LAUNCHERS[launcher](spec, job_dir, watch, resume, settings)
     from workers.trainer.loop import train  # torch is imported here, in the worker only
 
     return train(spec, job_dir, watch.hooks(), resume_from=resume)

@@ -55,6 +55,10 @@ def test_a_worker_with_too_few_devices_declines(pg_api, pg_workers):
         declined = wait_for(lambda: [e for e in events(client, job_id) if e["kind"] == "declined"], 120,
                             what="a declined event")
         assert "resources.devices = 2 but this worker serves 1" in declined[0]["message"]
+        # Every decline costs an attempt: the job ends failed, naming why, instead of cycling forever.
+        job = wait_status(client, job_id, ("failed", "succeeded"), timeout=120)
+        assert (job["status"], job["error"]["code"]) == ("failed", "unservable"), job
+        assert "this worker serves 1" in job["error"]["message"] and "max_attempts=3" in job["error"]["message"]
         assert client.get(f"/jobs/{job_id}/metrics").json()["points"] == []  # never ran smaller
 
 
