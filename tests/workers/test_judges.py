@@ -110,3 +110,27 @@ def test_a_served_checkpoint_judges_hand_made_completions(pg_settings, judge_run
         assert score(by_url, Judge(pg_settings), events) == [0.0, 0.0, 0.0]
         assert "not on this deployment's judge allowlist" in events[0]
     get_settings.cache_clear()
+
+
+@pytest.mark.timeout(400)
+def test_a_training_job_is_rewarded_by_its_tenants_served_judge(pg_settings, pg_api, pg_workers, judge_run, tmp_path):
+    """The train worker reaches the judge with the job's own tenant (workers/train_job.py)."""
+    from tests.workers.test_tasks import all_points, submit, wait_status
+
+    pg_workers.start()
+    key = pg_api.key("alice")
+    tenant = authenticate(get_database(pg_settings.resolved_database_url), key).tenant_id
+    with InferenceWorker(pg_settings, tmp_path, concurrency=2) as worker, pg_api.client(key) as client:
+        judge_job = job_with_checkpoints(pg_settings, tenant, judge_run, steps=(JUDGE_STEPS,))
+        spec = {"method": "grpo", "model": "builtin:tiny", "reward": [grader(model=judge_job)],
+                "training": {"total_steps": 2, "warmup_steps": 0, "rl_prompts_per_step": 2, "num_generations": 2,
+                             "max_completion_tokens": 6, "save_every": 2}}
+        job_id = submit(client, spec)
+        job = wait_status(client, job_id, ("succeeded", "failed"), timeout=300)
+        assert job["status"] == "succeeded", (job, pg_workers.logs(), worker.logs())
+        points = all_points(client, job_id)
+        assert [p["step"] for p in points] == [1, 2]
+        assert all(0.0 <= p["reward/judge"] <= 1.0 and p["reward_mean"] == pytest.approx(p["reward/judge"]) for p in points)
+        events = client.get(f"/jobs/{job_id}/events").json()["events"]
+        # Unparseable single replies may be reported; a batch the judge could not score may not.
+        assert not [e for e in events if "batch scored 0" in e["message"]], events
