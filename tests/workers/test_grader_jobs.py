@@ -91,7 +91,9 @@ FIRST_LAST = 4
 
 @pytest.mark.timeout(600)  # 45 steps: about 1.5 minutes on a quiet 2-core machine, far more on a loaded one
 def test_the_non_math_task_learns_and_reports_each_grader(pg_api, pg_workers):
-    pg_workers.start()
+    # One torch thread: on a shared, loaded machine (xdist workers, other jobs) two spinning
+    # threads per process made these 45 steps take over 9 minutes instead of under 4.
+    pg_workers.start(extra_env={"OMP_NUM_THREADS": "1"})
     weights = {grader["name"]: grader["weight"] for grader in JSON_EXTRACT_GRADERS}
     with pg_api.client(pg_api.key("alice")) as client:
         job_id = submit(client, RISING_SPEC)
