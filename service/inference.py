@@ -133,6 +133,15 @@ def resolve_model(db: Database, tenant_id: str, ref: str) -> dict:
     return {"kind": "checkpoint", "job_id": job_id, "step": step, "name": f"{job_id}:{step}"}
 
 
+def job_tenant(db: Database, job_id: str) -> str:
+    """The tenant that owns job `job_id` (a model grader's judge is scoped to it)."""
+    with db.read() as session:
+        tenant = session.scalar(select(Job.tenant_id).where(Job.id == job_id))
+    if tenant is None:
+        raise NotFound(f"no job {job_id}")
+    return tenant
+
+
 def run_generation(db: Database, tenant_id: str, model_ref: str, prompts: list, sampling: dict, run: Run, raw: bool = False,
                    fit_context: bool = False) -> dict:
     """Resolve the model, run the request on the worker; the worker's reply plus `model`.

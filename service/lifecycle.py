@@ -83,6 +83,7 @@ def create_job(
             if existing is not None:
                 return existing, False
             _check_files(session, tenant_id, spec)
+            _check_judges(session, tenant_id, spec)
             check_queued_quota(session, tenant_id, max_queued)
             check_parent(session, tenant_id, spec.model)  # issue 17: job:<id>[:<step>], same tenant
             job = Job(
@@ -396,6 +397,20 @@ def _check_files(session: Session, tenant_id: str, spec: JobSpec) -> None:
             problems.append(f"{where}: {ref} is not one of your uploaded files (upload it with POST /files)")
         elif (owned[file_id] or "dataset") != purpose:
             problems.append(f"{where}: {ref} was uploaded as a {owned[file_id]}, not a {purpose} (POST /files?purpose={purpose})")
+    if problems:
+        raise InvalidInput("; ".join(problems), problems)
+
+
+def _check_judges(session: Session, tenant_id: str, spec: JobSpec) -> None:
+    """A model grader's served judge `<job_id>[:<step>]` must be one of this tenant's jobs
+    (its checkpoint may come later: it is resolved when the grader runs)."""
+    wanted = {f"reward.{i}.model": g.served_model.partition(":")[0] for i, g in enumerate(spec.reward)
+              if g.kind == "model" and g.url is None and not g.model.startswith("base:")}
+    if not wanted:
+        return
+    owned = set(session.scalars(select(Job.id).where(Job.tenant_id == tenant_id, Job.id.in_(set(wanted.values())))))
+    problems = [f"{where}: no job {job_id} of yours to judge with (use an id from GET /jobs)"
+                for where, job_id in wanted.items() if job_id not in owned]
     if problems:
         raise InvalidInput("; ".join(problems), problems)
 

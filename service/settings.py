@@ -134,6 +134,14 @@ class Settings(BaseSettings):
     grader_cpu_seconds: int = Field(10, description="CPU-time rlimit of one python grader call.")
     grader_memory_mb: int = Field(512, description="Address-space rlimit of one python grader call, in MiB.")
     grader_max_processes: int = Field(16, description="Process-count rlimit inside a python grader's sandbox.")
+    # Graders (issue 15): the model grader's judges.
+    judge_url_allowlist: str = Field(
+        "", description="Comma-separated base URLs of OpenAI-compatible APIs a `model` grader may call "
+        "(compared exactly, without a trailing slash); empty = only models this service serves."
+    )
+    judge_api_key: str = Field("", description="Bearer token sent to allowlisted judge URLs (empty: none).")
+    judge_timeout_seconds: float = Field(60.0, description="How long one judge request may take.")
+    judge_concurrency: int = Field(8, ge=1, description="Judge requests a grader sends at once to a URL judge.")
     # Issue 17 (MLOps): webhooks and tracking integrations.
     webhook_allowed_hosts: str = Field(
         "", description="Comma-separated hosts, addresses or networks (CIDR) webhooks may reach even though "

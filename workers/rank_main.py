@@ -56,7 +56,10 @@ def run_rank(claim_file: Path, rank: int) -> int:
         from workers.trainer.loop import train
 
         spec = JobSpec.model_validate(launch["claim"]["spec"])
+        from workers.judges import Judge
+
         hooks = rank_zero_hooks(launch["claim"], launch_dir) if rank == 0 else TrainerHooks()
+        hooks.judge = Judge(get_settings(), job_id=launch["claim"]["job_id"])  # every rank scores its shard
         resume = Path(launch["resume"]) if launch["resume"] else None
         result = train(spec, Path(launch["job_dir"]), hooks, resume_from=resume)
     except Exception as error:  # noqa: BLE001 - the worker reads this to fail the job with it

@@ -36,6 +36,7 @@ from service.errors import Fenced
 from service.redact import redact_paths
 from service.settings import Settings, get_settings
 from service.specs import JobSpec, spec_error_lines
+from workers.judges import Judge
 from workers.trainer.hooks import TrainerHooks
 from workers.tracking import Export
 
@@ -82,12 +83,13 @@ class Watch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(heartbeat_seconds,), daemon=True, name="heartbeat")
         # Issue 17: the spec's trackers; a failing one records an event and never fails the job.
+        self.judge = None  # workers.judges.Judge for this job's model graders (set by the launcher)
         self.export = Export(held.spec, lifecycle.job_dir(artifacts_dir, held.job_id),
                              lambda kind, message: lifecycle.note(db, held, kind, message), held.job_id, settings)
 
     def hooks(self) -> TrainerHooks:
         return TrainerHooks(on_metrics=self.on_metrics, on_checkpoint=self.on_checkpoint, should_stop=self.should_stop,
-                            on_event=self.on_event, on_samples=self.on_samples)
+                            on_event=self.on_event, on_samples=self.on_samples, judge=self.judge)
 
     def on_event(self, kind: str, message: str) -> None:
         self._check_fenced()
@@ -155,6 +157,7 @@ def run_train_job(job_id: str, settings: Settings | None = None) -> str:
         return "not_claimable"
     artifacts = settings.resolved_artifacts_dir
     watch = Watch(db, held, artifacts, settings.heartbeat_seconds, retry_seconds(settings), settings)
+    watch.judge = Judge(settings, job_id=held.job_id)
     try:
         with watch, _stop_on_sigterm():
             return _train(db, held, watch, settings, artifacts)

@@ -97,7 +97,10 @@ def _score(work: dict, settings: Settings, progress: Callable[[list, int], None]
     from workers.trainer.rewards import extract_answer
 
     failures: list[str] = []
-    scorer = Scorer(parse_graders(work.get("reward")), on_failure=lambda _name, message: failures.append(message))
+    from workers.judges import Judge
+
+    judge = Judge(settings, tenant_id=str(work.get("tenant_id", "")))  # a model grader's judge: this tenant's models
+    scorer = Scorer(parse_graders(work.get("reward")), on_failure=lambda _name, message: failures.append(message), judge=judge)
     try:
         records = require_fields(load_records(DataSourceSpec(**work["dataset"]), settings), scorer.fields_read(), "evaluation")
     except DatasetError as error:

@@ -182,7 +182,8 @@ class Sharded(SingleProcess):
         """Rank 0 reports; every rank stops together on rank 0's decision."""
         if self.rank == 0:
             return dataclasses.replace(hooks, should_stop=lambda: self._broadcast(hooks.should_stop()))
-        return TrainerHooks(should_stop=lambda: self._broadcast(None))
+        # Other ranks write nothing, but score their own shard with the same judge.
+        return TrainerHooks(should_stop=lambda: self._broadcast(None), judge=hooks.judge)
 
     def write_once(self, write: Callable[[], T]) -> T:
         outcome: list = [None, None]

@@ -40,6 +40,7 @@ from workers.trainer.data import BatchStream, load_records, require_completions,
 from workers.trainer.evaluation import evaluate_splits, load_eval_sets
 from workers.trainer.hooks import Metrics, TrainerHooks, TrainResult
 from workers.trainer.models import load_policy
+from workers.judges import Judge
 from workers.trainer.graders import Scorer
 from workers.trainer.graph_rollout import make_engine
 from workers.trainer.rollout import RolloutEngine
@@ -146,8 +147,9 @@ def setup(spec: JobSpec, hooks: TrainerHooks | None = None) -> Run:
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(spec))
     schedule = make_schedule(spec)
     engine = make_engine(model, tokenizer.pad_token_id, tokenizer.eos_token_id, settings.cuda_graph_rollouts)
-    on_event = (hooks or TrainerHooks()).on_event
-    scorer = Scorer(spec.reward, on_failure=lambda _name, message: on_event("grader_failed", message))
+    hooks = hooks or TrainerHooks()
+    judge = hooks.judge or Judge(settings)
+    scorer = Scorer(spec.reward, on_failure=lambda _name, message: hooks.on_event("grader_failed", message), judge=judge)
     streams = _data_streams(spec, schedule, settings, scorer.fields_read())
     eval_sets = load_eval_sets(spec, settings, scorer.fields_read()) if t.eval_every else {}
     return Run(spec, model, tokenizer, reference, optimizer, lr_scheduler, schedule, engine, streams, eval_sets, device, scorer,
