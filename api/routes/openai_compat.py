@@ -6,6 +6,7 @@ key is the bearer token, so the official `openai` client works with
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Iterator
 
@@ -16,7 +17,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import principal
 from api.disconnect import disconnect_probe
-from service import openai_compat
+from service import openai_compat, openai_stream
 from service.auth import Principal
 from service.openai_compat import ChatRequest, CompletionRequest
 
@@ -41,23 +42,34 @@ def model(model_id: str, request: Request, who: Principal = Depends(principal)) 
 @router.post("/completions", responses=STREAMED)
 def completions(body: CompletionRequest, request: Request, who: Principal = Depends(principal)):
     state = request.app.state
+    if body.stream:
+        stream = partial(state.inference.stream, disconnected=disconnect_probe(request))
+        return _sse(openai_stream.completion_stream(state.db, who.tenant_id, body, stream))
     run = partial(state.inference.generate, disconnected=disconnect_probe(request))
-    response = openai_compat.completions(state.db, who.tenant_id, body, run)
-    return _sse(openai_compat.completion_chunks(response, body.include_usage)) if body.stream else response
+    return openai_compat.completions(state.db, who.tenant_id, body, run)
 
 
 @router.post("/chat/completions", responses=STREAMED)
 def chat_completions(body: ChatRequest, request: Request, who: Principal = Depends(principal)):
     state = request.app.state
+    if body.stream:
+        stream = partial(state.inference.stream, disconnected=disconnect_probe(request))
+        return _sse(openai_stream.chat_stream(state.db, who.tenant_id, body, stream))
     run = partial(state.inference.generate, disconnected=disconnect_probe(request))
-    response = openai_compat.chat(state.db, who.tenant_id, body, run)
-    return _sse(openai_compat.chat_chunks(response, body.include_usage)) if body.stream else response
+    return openai_compat.chat(state.db, who.tenant_id, body, run)
 
 
 def _sse(chunks: Iterator[dict]) -> StreamingResponse:
+    """Server-Sent Events of the chunks. The first chunk is taken here, in the route, so
+    that an error the worker answers becomes its status (not a broken 200 stream)."""
+    first = next(chunks)
+
     def lines() -> Iterator[str]:
-        for chunk in chunks:
-            yield f"data: {json.dumps(chunk)}\n\n"
-        yield "data: [DONE]\n\n"
+        try:
+            for chunk in itertools.chain([first], chunks):
+                yield f"data: {json.dumps(chunk)}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            chunks.close()  # a client gone mid-stream: the worker is told to stop
 
     return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -21,8 +21,12 @@ _THREADS_SET = threading.Lock()
 _threads_done = False
 
 
-def generate_reply(payload: dict, settings: Settings | None = None, cancelled: Callable[[], bool] | None = None) -> dict | None:
+def generate_reply(payload: dict, settings: Settings | None = None, cancelled: Callable[[], bool] | None = None,
+                   send: Callable[[dict], None] | None = None) -> dict | None:
     """The reply for a /generate payload: {"results": [...], "backend"} or {"error": {...}}.
+
+    With `"stream": true` in the payload, `send({"deltas": [[choice index, text], ...]})`
+    is called from the decode loop as tokens are decoded, before the reply.
 
     None when nobody will read it: the payload's deadline passed or `cancelled()` turned
     true (the API's client went away), before or during generation.
@@ -35,9 +39,11 @@ def generate_reply(payload: dict, settings: Settings | None = None, cancelled: C
         key = model_key(payload.get("model") or {})
         sampling = Sampling.from_dict(payload["sampling"])
         prompts = payload["prompts"]
+        on_text = (lambda deltas: send({"deltas": deltas})) if payload.get("stream") and send else None
         cache = _cache(settings)
         results = cache.generate(key, prompts, sampling, raw=bool(payload.get("raw")), tenant=str(payload.get("tenant", "")),
-                                 deadline=deadline, cancelled=cancelled, fit_context=bool(payload.get("fit_context")))
+                                 deadline=deadline, cancelled=cancelled, fit_context=bool(payload.get("fit_context")),
+                                 on_text=on_text)
         return {"results": [r.to_dict() for r in results], "backend": cache.factory.backend}
     except Abandoned:
         log.info("generation abandoned by its caller")
