@@ -37,6 +37,8 @@ def generate_reply(payload: dict, settings: Settings | None = None, cancelled: C
         return None
     try:
         key = model_key(payload.get("model") or {})
+        if payload.get("op"):
+            return tokenizer_reply(_cache(settings).get(key), payload)
         sampling = Sampling.from_dict(payload["sampling"])
         prompts = payload["prompts"]
         on_text = (lambda deltas: send({"deltas": deltas})) if payload.get("stream") and send else None
@@ -55,6 +57,28 @@ def generate_reply(payload: dict, settings: Settings | None = None, cancelled: C
     except Exception as error:  # noqa: BLE001 - the API must get an answer, not a timeout
         log.exception("generation failed")
         return InferenceError("internal", f"generation failed: {type(error).__name__}: {error}").to_dict()
+
+
+TOKENIZER_OPS = ("tokenizer_info", "tokenize", "detokenize")
+
+
+def tokenizer_reply(engine, payload: dict) -> dict:
+    """The checkpoint's own tokenizer, served (vLLM's /tokenizer_info, /tokenize and
+    /detokenize shapes, which lm-evaluation-harness's remote tokenizer reads)."""
+    op, tokenizer = payload["op"], engine.tokenizer
+    if op == "tokenizer_info":
+        return {"eos_token": tokenizer.eos_token, "bos_token": tokenizer.bos_token, "pad_token": tokenizer.pad_token,
+                "chat_template": getattr(tokenizer, "chat_template", None), "vocab_size": len(tokenizer),
+                "model_max_length": engine.max_context}
+    if op == "tokenize":
+        ids = tokenizer(payload["prompt"], add_special_tokens=bool(payload.get("add_special_tokens")))["input_ids"]
+        return {"tokens": ids, "count": len(ids)}
+    if op == "detokenize":
+        tokens = payload["tokens"]
+        if any(not isinstance(t, int) or not 0 <= t < len(tokenizer) for t in tokens):
+            raise InferenceError("invalid", f"tokens: ids must lie in this model's vocabulary of {len(tokenizer)}")
+        return {"prompt": tokenizer.decode(tokens)}
+    raise InferenceError("invalid", f"op must be one of {', '.join(TOKENIZER_OPS)}")
 
 
 def _cache(settings: Settings):
