@@ -132,7 +132,7 @@ def _score(work: dict, settings: Settings, progress: Callable[[list, int], None]
         records = require_fields(load_records(DataSourceSpec(**work["dataset"]), settings), scorer.fields_read(), "evaluation")
     except DatasetError as error:
         raise InferenceError("invalid", str(error)) from None
-    key = model_key({"kind": "checkpoint", "job_id": work["job_id"], "step": work["step"]})
+    key = model_key(work["model"])
     sampling = Sampling.from_dict(work["sampling"])
     cache = _cache(settings)
     items = []
