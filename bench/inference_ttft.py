@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import threading
@@ -79,8 +80,8 @@ def write(args, cases: dict) -> None:
     (RESULTS / "inference_ttft.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         "# Time to first token (streaming)", "",
-        f"{args.model} on CPU ({platform.machine()}, {args.threads} torch threads), {args.new_tokens} new tokens, "
-        f"median of {args.repeats} streamed requests. Command: `.venv/bin/python -m bench.inference_ttft`.", "",
+        f"{args.model} on CPU ({platform.machine()}, {args.threads} torch threads, load average "
+        f"{os.getloadavg()[0]:.1f} at the end), up to {args.new_tokens} new tokens, median of {args.repeats} streamed requests. Command: `.venv/bin/python -m bench.inference_ttft`.", "",
         "| case | time to first token (s) | total (s) | first token at | tokens |", "|---|---:|---:|---:|---:|",
     ]
     for name, case in cases.items():
