@@ -62,7 +62,6 @@ def hf_reference(tmp_path, monkeypatch) -> dict:
 
 @pytest.mark.timeout(600)
 def test_lm_eval_local_completions_matches_hf(pg_settings, tmp_path, monkeypatch):
-    pytest.importorskip("tenacity", reason="lm-eval's API models (local-completions) need tenacity: lm-eval[api]")
     import requests
 
     reference = hf_reference(tmp_path, monkeypatch)
