@@ -187,8 +187,8 @@ class ControllerSpec(Strict):
     mu_min: float = Field(0.05, ge=0.0, le=1.0, description="Lower bound of mu (amft, chord).")
     mu_max: float = Field(0.95, ge=0.0, le=1.0, description="Upper bound of mu (amft, chord).")
     eta_H: float = Field(5e-4, ge=0.0, description="amft: step size of the entropy term (0 disables it).")
-    # 0.1 from bench/results/algorithms.md: the cosine m_t measured 0.05-0.15 in magnitude,
-    # so a meta step moves mu ~0.01; 0.02 was inert and 0.5 turned noise into a random walk.
+    # A move of mu per meta window that passes the meta_min_z test (issue 16): a sign step, so
+    # one value serves every meta_form and learning rate (adam/raw m_t scale with lr).
     eta_meta: float = Field(
         0.1, ge=0.0, description="amft: how far mu moves at the end of a meta window that passes the test (0 disables it)."
     )
