@@ -138,8 +138,10 @@ def summarise(records: list[dict]) -> dict:
 
 def markdown(summary: dict, wall: float) -> str:
     lines = ["# Controller benchmark: new AMFT controller vs the best constant mix (issue 16)", "",
-             f"Command: `python -m bench.controller --jobs 2`. Wall time {wall / 60:.1f} min on the shared 2-core CPU.",
-             f"{STEPS} steps ({WARMUP} pure-SFT warm-up for every arm), seeds {list(SEEDS)}, lr {LEARNING_RATE}, "
+             f"Command: `python -m bench.controller --jobs 2`. {wall / 60:.0f} min of run time (sum over runs, "
+             "2 at a time on the shared, heavily loaded 2-core CPU).",
+             f"{STEPS} steps ({WARMUP} pure-SFT warm-up for every arm), seeds planned {list(SEEDS)} (run: per task below), "
+             f"lr {LEARNING_RATE}, "
              f"final score = greedy on the first {FINAL_ITEMS} ID items per seed (paired across arms), "
              f"midpoint = step {STEPS // 2} on {CURVE_ITEMS} items. AMFT: {json.dumps(AMFT)}.", ""]
     for task, e in summary.items():
@@ -171,7 +173,6 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     configure_env(work)
     install_committed_base(work)
-    started = time.perf_counter()
     jobs = [(t, a, s) for s in SEEDS for t in args.tasks for a in arms()]
     records = []
     if args.report_only:
@@ -186,7 +187,7 @@ def main() -> None:
             records.append(record)
             print(f"done {futures[future]}: {100 * sum(record['scores']) / len(record['scores']):.1f}% "
                   f"({record['wall_seconds']:.0f} s)", flush=True)
-    wall = time.perf_counter() - started
+    wall = sum(r["wall_seconds"] for r in records)
     summary = summarise(records)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "controller.json").write_text(json.dumps({"summary": summary, "wall_seconds": wall, "runs": records}))
