@@ -188,14 +188,28 @@ class ControllerSpec(Strict):
     mu_min: float = Field(0.05, ge=0.0, le=1.0, description="Lower bound of mu (amft, chord).")
     mu_max: float = Field(0.95, ge=0.0, le=1.0, description="Upper bound of mu (amft, chord).")
     eta_H: float = Field(5e-4, ge=0.0, description="amft: step size of the entropy term (0 disables it).")
-    # 0.1 from bench/results/algorithms.md: the cosine m_t measured 0.05-0.15 in magnitude,
-    # so a meta step moves mu ~0.01; 0.02 was inert and 0.5 turned noise into a random walk.
+    # A move of mu per meta window that passes the meta_min_z test (issue 16): a sign step, so
+    # one value serves every meta_form and learning rate (adam/raw m_t scale with lr).
     eta_meta: float = Field(
-        0.1, ge=0.0, description="amft: step size of the meta-gradient term (0 disables it)."
+        0.1, ge=0.0, description="amft: how far mu moves at the end of a meta window that passes the test (0 disables it)."
     )
-    meta_interval: int = Field(20, ge=1, description="amft: a meta-gradient step every this many steps.")
-    meta_form: Literal["cosine", "raw"] = Field(
-        "cosine", description="cos(g_val,g_SFT)-cos(g_val,g_RL), or lr*<g_val, g_SFT-g_RL>."
+    meta_interval: int = Field(
+        20, ge=1, description="amft: K, the steps per meta window (one m_t sample each; mu moves at its end)."
+    )
+    meta_form: Literal["adam", "raw", "cosine"] = Field(
+        "cosine",
+        description="m_t: 'adam' = dU/dmu through the real clipped AdamW step; 'raw' = lr*<g_val, g_SFT-g_RL> "
+        "(SGD look-ahead); 'cosine' = cos(g_val,g_SFT)-cos(g_val,g_RL), a normalised heuristic, not a derivative.",
+    )
+    meta_min_z: float = Field(
+        2.0, ge=0.0,
+        description="amft: mu moves at a window's end only if |mean m_t| >= meta_min_z * its standard error "
+        "over the window's per-step samples (0: always move).",
+    )
+    entropy_rule: Literal["below_target", "deviation"] = Field(
+        "below_target",
+        description="amft entropy term: 'below_target' eta_H*(H*-H_t) (the paper's); 'deviation' "
+        "eta_H*|H_t-H*|/H*, raising mu whenever entropy leaves the warm-up level (collapse here gained entropy).",
     )
     meta_utility: Literal["reward", "nll"] = Field(
         "reward", description="Validation utility: verifier reward (policy gradient) or expert NLL."

@@ -7,7 +7,8 @@ entropy (and, every K steps for AMFT, the meta-gradient), then report metrics.
 
 Metric names per step (the service and plots depend on them): step, phase, mu,
 reward_mean, reward_std, accuracy, zero_signal_frac, sft_loss, rl_loss, loss, entropy,
-target_entropy, meta_grad (meta steps), kl, clip_frac, grad_norm, lr,
+target_entropy, meta_grad (each AMFT main step's sample of m_t), meta_mean, meta_snr and
+meta_samples (the end of each meta window), kl, clip_frac, grad_norm, lr,
 completion_tokens_mean, step_seconds, gen_seconds, train_seconds, tokens_per_second,
 train_tokens (prompt and completion tokens trained on, all ranks),
 reward/<grader name> (each grader's mean score), and eval_accuracy_<split> /
@@ -44,7 +45,8 @@ from workers.judges import Judge
 from workers.trainer.graders import Scorer
 from workers.trainer.graph_rollout import make_engine
 from workers.trainer.rollout import RolloutEngine
-from workers.trainer.schedules import MuSchedule, make_schedule, meta_gradient
+from workers.trainer.meta_gradient import meta_signal
+from workers.trainer.schedules import MuSchedule, make_schedule
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Run:
     device: torch.device
     scorer: Scorer
     world: SingleProcess  # or distributed.Sharded: one rank of a sharded run
+    meta_validation: list[torch.Tensor] | None = None  # g_val of the current meta window
 
 
 @dataclass
@@ -225,7 +228,7 @@ def train_step(run: Run, step: int) -> Metrics:
     # A meta step needs both gradients; with mu at 0 or 1 one of them does not exist.
     meta = run.schedule.wants_meta(step) and sft_batch is not None and rollouts is not None
     if meta:
-        stats = meta_backward(run, mu, sft_batch, rollouts)
+        stats = meta_backward(run, mu, sft_batch, rollouts, fresh_validation=run.schedule.wants_validation(step))
     else:
         stats = weighted_backward(run, mu, sft_batch, rollouts)
     tokens = stats.pop("_tokens")
@@ -246,6 +249,7 @@ def train_step(run: Run, step: int) -> Metrics:
     train_seconds = time.perf_counter() - train_started
 
     run.schedule.observe(step, point.get("entropy"), point.get("meta_grad"))
+    point.update(run.schedule.metrics())
     if run.schedule.target_entropy is not None:
         point["target_entropy"] = run.schedule.target_entropy
     step_seconds = time.perf_counter() - started
@@ -306,17 +310,20 @@ def weighted_backward(run: Run, mu: float, sft_batch, rollouts) -> Metrics:
     return stats
 
 
-def meta_backward(run: Run, mu: float, sft_batch, rollouts) -> Metrics:
-    """Like weighted_backward, but keep g_SFT and g_RL apart to compute the meta-gradient m_t."""
+def meta_backward(run: Run, mu: float, sft_batch, rollouts, fresh_validation: bool) -> Metrics:
+    """Like weighted_backward, but keep g_SFT and g_RL apart to compute this step's sample of m_t."""
     params = [p for p in run.model.parameters() if p.requires_grad]
-    g_val = validation_gradient(run, params)
+    if fresh_validation or run.meta_validation is None:  # once per window (and after a resume)
+        run.meta_validation = validation_gradient(run, params)
+    g_val = run.meta_validation
     stats = sft_backward(run, sft_batch, weight=1.0)
     g_sft = take_grads(params)
     stats.update(rl_backward(run, rollouts, weight=1.0))
     g_rl = take_grads(params)
     form, lr = run.spec.controller.meta_form, run.lr_scheduler.get_last_lr()[0]
-    local = run.world.local  # this rank's shards; meta_gradient sums the dots over ranks
-    stats["meta_grad"] = meta_gradient(local(g_val), local(g_sft), local(g_rl), form, lr, run.world.sum)
+    local = run.world.local  # this rank's shards; meta_signal sums the dots over ranks
+    stats["meta_grad"] = meta_signal(form, local(g_val), local(g_sft), local(g_rl), mu, run.optimizer, params,
+                                     run.spec.training.max_grad_norm, lr, local, run.world.sum)
     for p, gs, gr in zip(params, g_sft, g_rl):
         p.grad = gr.mul_(1.0 - mu).add_(gs, alpha=mu)  # in place: no third parameter-sized buffer
     stats["loss"] = mu * stats["sft_loss"] + (1.0 - mu) * stats["rl_loss"]
