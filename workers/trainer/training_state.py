@@ -3,7 +3,7 @@
 
 Every rank writes its own shard of every parameter and of AdamW's moments to
 `sharded/shard-<rank+1>-model-00001-of-00001.safetensors`, with each shard's offsets in the
-safetensors header (JSON). Reading plans from those headers alone, so any world size can
+safetensors header (JSON). A reader plans from those headers alone, so any world size can
 read any other's shards (2 -> 1, 1 -> 2): DCP reassembles and re-slices them for the
 reading ranks' own FSDP2 layout. Nothing here is pickled:
 - DCP's default `FileSystemReader` unpickles a `.metadata` file with plain `pickle.load`
