@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -216,6 +217,7 @@ def rank_main(variant: str, device: str, out: Path, model: str) -> None:
     if variant in CHECKPOINTED:
         folder = Path(run.world.write_once(lambda: tempfile.mkdtemp(prefix="amft-bench-ckpt-")))
         result["checkpoint"] = checkpoint_seconds(run, folder)
+        run.world.write_once(lambda: shutil.rmtree(folder))
     (out / f"{variant.replace(' ', '_')}-rank{run.world.rank}.json").write_text(json.dumps(result))
     run.world.close()
 
