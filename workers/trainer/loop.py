@@ -35,7 +35,7 @@ from service.settings import get_settings
 from service.specs import JobSpec
 from workers.trainer import losses
 from workers.trainer.batching import completion_logits, encode_completion, encode_prompt, pack
-from workers.trainer.checkpoint import save_checkpoint
+from workers.trainer.checkpoint import load_checkpoint, save_checkpoint
 from workers.trainer.distributed import SingleProcess, make_world
 from workers.trainer.data import BatchStream, load_records, require_completions, require_fields
 from workers.trainer.evaluation import evaluate_splits, load_eval_sets
@@ -425,22 +425,18 @@ def _reference_logprobs(run: Run, part) -> torch.Tensor | None:
 
 def save(run: Run, out_dir: Path, step: int) -> Path:
     """Checkpoint everything a resume needs: weights, optimizer, LR and mu schedules, data
-    cursors, every rank's RNG. Gathering is collective; only rank 0 writes."""
+    cursors, every rank's RNG. Collective: every rank writes its shard, rank 0 the rest."""
     state = {
         "lr_scheduler": run.lr_scheduler.state_dict(),
         "schedule": run.schedule.state_dict(),
         "streams": {name: stream.state_dict() for name, stream in run.streams.items()},
     }
-    model_state, optimizer_state = run.world.checkpoint_state(run.model, run.optimizer)
-    rank_rng = run.world.rank_rng()
-    return run.world.write_once(lambda: save_checkpoint(
-        out_dir, step, state, run.model, run.tokenizer, optimizer_state, run.spec.model, model_state, rank_rng
-    ))
+    return save_checkpoint(run.world, out_dir, step, state, run.model, run.tokenizer, run.optimizer, run.spec.model)
 
 
 def restore(run: Run, path: Path) -> int:
-    """Load a checkpoint into the run; returns the step it was taken after."""
-    state = run.world.load_checkpoint(Path(path), run.model, run.optimizer)
+    """Load a checkpoint (of any world size) into the run; returns the step it was taken after."""
+    state = load_checkpoint(run.world, Path(path), run.model, run.optimizer)
     run.lr_scheduler.load_state_dict(state["lr_scheduler"])
     run.schedule.load_state_dict(state["schedule"])
     for name, stream_state in state["streams"].items():
