@@ -32,7 +32,7 @@ SETTINGS = (("reward", 4, 4), ("reward", 16, 4), ("reward", 64, 4), ("reward", 6
 def draws(utility: str, val_prompts: int, rl_prompts: int) -> list[dict]:
     """DRAWS meta steps at the base checkpoint (no optimizer step): m_t and its two cosines."""
     from workers.trainer.loop import rl_backward, sample_rollouts, setup, sft_backward, take_grads, validation_gradient
-    from workers.trainer.schedules import meta_gradient
+    from workers.trainer.meta_gradient import first_order as meta_gradient
 
     spec = cfg.job_spec(cfg.RunConfig("amft", "noise", 0, cfg.tier1_spec(
         "amft", 0, training={"rl_prompts_per_step": rl_prompts, "eval_every": None},

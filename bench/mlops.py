@@ -188,10 +188,7 @@ def report(r: dict) -> str:
         f"| webhooks delivered | {w['delivered']} / {w['events']} |", "",
         "The webhook latency is dominated by the deliverer's poll interval (AMFT_WEBHOOK_POLL_SECONDS).", "",
         "Notes: one run on a shared, loaded 2-core VM. The Range row is a non-streamed client read of",
-        "half the archive (the client buffers it), not a server limit. MLflow: the full `mlflow` package",
-        "(needed for `mlflow server`) would downgrade pyarrow 26.0.1 -> 25.0.1 in the shared environment,",
-        "so it was not installed; `mlflow-skinny` installs without changing any installed version but has",
-        "no server.", "",
+        "half the archive (the client buffers it), not a server limit.", "",
     ])
 
 

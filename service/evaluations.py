@@ -1,4 +1,5 @@
-"""Evaluations: score a checkpoint on a dataset with the job's graders, keep accuracy
+"""Evaluations: score a checkpoint (or any model /generate accepts, e.g. `base:<model>`)
+on a dataset with the job's graders (a base model: the default grader), keep accuracy
 and every item's output.
 
     queued --(inference worker)--> running --> succeeded | failed
@@ -31,12 +32,14 @@ Publish = Callable[[str], None]
 
 class Evaluation(Base):
     __tablename__ = "evaluations"
-    __table_args__ = (Index("ix_evaluations_job_created", "job_id", "created_at"),)
+    __table_args__ = (Index("ix_evaluations_job_created", "job_id", "created_at"),
+                      Index("ix_evaluations_tenant_created", "tenant_id", "created_at"))
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    step: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))  # None: a base model
+    step: Mapped[int | None] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(200))  # what was evaluated, as /generate names it
     status: Mapped[str] = mapped_column(String(16), default="queued")
     dataset: Mapped[dict] = mapped_column(JSON)
     sampling: Mapped[dict] = mapped_column(JSON)
@@ -65,20 +68,37 @@ class EvaluationRequest(BaseModel):
     )
 
 
+class ModelEvaluationRequest(EvaluationRequest):
+    """POST /evaluations: any model /generate accepts."""
+
+    step: None = Field(None, description="Not used here: name the step in `model` (<job_id>:<step>).")
+    model: str = Field(max_length=200, description="<job_id> | <job_id>:<step> | base:builtin:tiny | base:builtin:smollm2-135m.")
+
+
 def create_evaluation(db: Database, tenant_id: str, job_id: str, request: EvaluationRequest, publish: Publish) -> dict:
     """Check the job, checkpoint, dataset and limits; store a queued evaluation; queue it."""
     ref = job_id if request.step is None else f"{job_id}:{request.step}"
     if not isinstance(job_id, str) or len(job_id) != 32:
         raise NotFound(f"no job {job_id}: use an id from GET /jobs")
-    model = resolve_model(db, tenant_id, ref)  # 404 / 409 with a message
+    return _create(db, tenant_id, resolve_model(db, tenant_id, ref), request, publish)  # 404 / 409 with a message
+
+
+def create_model_evaluation(db: Database, tenant_id: str, request: ModelEvaluationRequest, publish: Publish) -> dict:
+    """POST /evaluations: like a job's evaluation, for any model reference. A base model is
+    scored with the default grader (math-verify) and greedy decoding up to 128 tokens."""
+    return _create(db, tenant_id, resolve_model(db, tenant_id, request.model), request, publish)
+
+
+def _create(db: Database, tenant_id: str, model: dict, request: EvaluationRequest, publish: Publish) -> dict:
     limit = _limit(request)
+    job_id = model.get("job_id")
     with db.transaction() as session:
         _check_file(session, tenant_id, request.dataset.source)
-        job = session.get(Job, job_id)
+        spec = session.get(Job, job_id).spec if job_id else {}
         row = Evaluation(
-            id=uuid.uuid4().hex, tenant_id=tenant_id, job_id=job_id, step=model["step"], status="queued",
-            dataset=request.dataset.model_copy(update={"limit": limit}).model_dump(mode="json"),
-            sampling=_sampling(request, job.spec),
+            id=uuid.uuid4().hex, tenant_id=tenant_id, job_id=job_id, step=model.get("step"), model=model["name"],
+            status="queued", dataset=request.dataset.model_copy(update={"limit": limit}).model_dump(mode="json"),
+            sampling=_sampling(request, spec),
         )
         session.add(row)
     publish(row.id)
@@ -97,22 +117,30 @@ def list_evaluations(db: Database, tenant_id: str, job_id: str) -> list[dict]:
         return [evaluation_view(row) for row in rows]
 
 
-def get_evaluation(db: Database, tenant_id: str, job_id: str, evaluation_id: str) -> dict:
-    """One evaluation with its per-item results."""
+def list_tenant_evaluations(db: Database, tenant_id: str) -> list[dict]:
+    """Every evaluation of the tenant (jobs' and base models'), newest first, without items."""
     with db.transaction() as session:
-        row = session.scalar(
-            select(Evaluation).where(
-                Evaluation.id == evaluation_id, Evaluation.job_id == job_id, Evaluation.tenant_id == tenant_id
-            )
-        )
+        rows = session.scalars(
+            select(Evaluation).where(Evaluation.tenant_id == tenant_id).order_by(Evaluation.created_at.desc())
+            .limit(500).options(defer(Evaluation.items))
+        ).all()
+        return [evaluation_view(row) for row in rows]
+
+
+def get_evaluation(db: Database, tenant_id: str, job_id: str | None, evaluation_id: str) -> dict:
+    """One evaluation with its per-item results (`job_id` None: any of the tenant's)."""
+    query = select(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.tenant_id == tenant_id)
+    with db.transaction() as session:
+        row = session.scalar(query if job_id is None else query.where(Evaluation.job_id == job_id))
         if row is None:
-            raise NotFound(f"no evaluation {evaluation_id} for job {job_id}: see GET /jobs/{job_id}/evaluations")
+            where = "GET /evaluations" if job_id is None else f"GET /jobs/{job_id}/evaluations"
+            raise NotFound(f"no evaluation {evaluation_id}: see {where}")
         return evaluation_view(row, items=True)
 
 
 def evaluation_view(row: Evaluation, items: bool = False) -> dict:
     view = {
-        "id": row.id, "job_id": row.job_id, "step": row.step, "model": f"{row.job_id}:{row.step}",
+        "id": row.id, "job_id": row.job_id, "step": row.step, "model": row.model,
         "status": row.status, "dataset": row.dataset, "sampling": row.sampling,
         "total": row.total, "correct": row.correct, "accuracy": row.accuracy,
         "progress": {"done": len(row.items or []), "total": row.total},
@@ -138,10 +166,13 @@ def start_evaluation(db: Database, evaluation_id: str) -> dict | None:
         if result.rowcount == 0:
             return None
         row = session.get(Evaluation, evaluation_id)
-        reward = (session.get(Job, row.job_id).spec or {}).get("reward")  # the job's graders score it
-        return {"id": row.id, "job_id": row.job_id, "step": row.step, "dataset": row.dataset,
-                "sampling": row.sampling, "reward": reward,
-                "tenant_id": row.tenant_id}
+        if row.job_id is None:  # a base model: the default grader
+            model, reward = {"kind": "base", "source": row.model.removeprefix("base:")}, None
+        else:
+            model = {"kind": "checkpoint", "job_id": row.job_id, "step": row.step}
+            reward = (session.get(Job, row.job_id).spec or {}).get("reward")  # the job's graders score it
+        return {"id": row.id, "job_id": row.job_id, "step": row.step, "model": model, "dataset": row.dataset,
+                "sampling": row.sampling, "reward": reward, "tenant_id": row.tenant_id}
 
 
 def record_progress(db: Database, evaluation_id: str, items: list[dict], total: int) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import select
@@ -27,6 +27,7 @@ from service.models import Checkpoint, Job
 from service.settings import get_settings
 
 Run = Callable[[dict], dict]
+Stream = Callable[[dict], Iterator[dict]]  # a streamed run: text deltas, then the reply
 BASE_MODELS = ("builtin:tiny", "builtin:smollm2-135m")
 MODEL_REF = re.compile(r"(?P<job>[0-9a-f]{32})(:(?P<step>\d{1,9}))?")  # fullmatch: `$` passes "...\n" (issue 13, item 4)
 MAX_STOPS, MAX_STOP_CHARS = 4, 64
@@ -133,6 +134,15 @@ def resolve_model(db: Database, tenant_id: str, ref: str) -> dict:
     return {"kind": "checkpoint", "job_id": job_id, "step": step, "name": f"{job_id}:{step}"}
 
 
+def job_tenant(db: Database, job_id: str) -> str:
+    """The tenant that owns job `job_id` (a model grader's judge is scoped to it)."""
+    with db.read() as session:
+        tenant = session.scalar(select(Job.tenant_id).where(Job.id == job_id))
+    if tenant is None:
+        raise NotFound(f"no job {job_id}")
+    return tenant
+
+
 def run_generation(db: Database, tenant_id: str, model_ref: str, prompts: list, sampling: dict, run: Run, raw: bool = False,
                    fit_context: bool = False) -> dict:
     """Resolve the model, run the request on the worker; the worker's reply plus `model`.
@@ -141,6 +151,15 @@ def run_generation(db: Database, tenant_id: str, model_ref: str, prompts: list, 
     payload = {"model": model, "prompts": prompts, "sampling": sampling, "raw": raw, "tenant": tenant_id}
     reply = run({**payload, "fit_context": True} if fit_context else payload)
     return {**reply, "model": model["name"]}
+
+
+def stream_generation(db: Database, tenant_id: str, model_ref: str, prompts: list, sampling: dict, stream: Stream,
+                      raw: bool = False, fit_context: bool = False) -> tuple[str, Iterator[dict]]:
+    """Resolve the model and start a streamed request on the worker: (model name, the
+    worker's messages: text deltas, then the reply)."""
+    model = resolve_model(db, tenant_id, model_ref)
+    payload = {"model": model, "prompts": prompts, "sampling": sampling, "raw": raw, "tenant": tenant_id}
+    return model["name"], stream({**payload, "fit_context": True} if fit_context else payload)
 
 
 def generate(db: Database, tenant_id: str, request: GenerateRequest, run: Run) -> dict:

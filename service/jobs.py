@@ -152,6 +152,16 @@ def _events(session: Session, job_id: str, after_id: int, limit: int) -> list[di
     ]
 
 
+def cursor_after(db: Database, tenant_id: str, job_id: str) -> str:
+    """The list cursor whose page starts just after job `job_id` (OpenAI's `after`);
+    NotFound for an unknown or another tenant's job."""
+    with db.read() as session:
+        job = session.execute(select(Job.created_at, Job.id).where(Job.id == job_id, Job.tenant_id == tenant_id)).first()
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return _encode_cursor(job)
+
+
 def _encode_cursor(job) -> str:
     return base64.urlsafe_b64encode(f"{job.created_at.isoformat()}|{job.id}".encode()).decode()
 

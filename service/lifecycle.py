@@ -2,7 +2,8 @@
 
     queued --claim--> running --finish--> succeeded | cancelled
       ^                 |  \\--fail-----> failed
-      |                 |   \\-release (worker shutting down)--> queued
+      |                 |   \\-release (worker shutting down; or declined / a rank died:
+      |                 |            counted, no attempts left: failed)--> queued
       +--reap (lease expired, attempts left)--+      (no attempts left: failed)
     queued --cancel--> cancelled (at once); running --cancel--> flag, the loop stops
 
@@ -85,6 +86,7 @@ def create_job(
                 return existing, False
             _check_files(session, tenant_id, spec)
             check_validation_data(spec, artifacts_dir)  # issue 16: not a KeyError at the first meta step
+            _check_judges(session, tenant_id, spec)
             check_queued_quota(session, tenant_id, max_queued)
             check_parent(session, tenant_id, spec.model)  # issue 17: job:<id>[:<step>], same tenant
             job = Job(
@@ -243,14 +245,37 @@ def fail(db: Database, held: Claim, code: str, message: str) -> None:
         wake_tenant_queue(session, held.job_id)
 
 
-def release(db: Database, held: Claim, reason: str) -> None:
-    """Give a running job back to the queue (its worker is shutting down after a checkpoint).
+def release(db: Database, held: Claim, reason: str, fails_as: str | None = None) -> str:
+    """Give a running job back to the queue; returns "released", or "failed" (see below).
+
+    Without `fails_as` it is a graceful hand-back (the worker is shutting down after a
+    checkpoint) and costs no attempt. With it, the attempt failed for a reason another
+    worker or try may not have (this worker declined the job's resources, a rank died): it
+    counts towards max_attempts like a lost worker, and once they are used the job fails
+    with error code `fails_as` and `reason`, instead of cycling through the queue forever.
 
     No message is sent from here: a worker that is shutting down may still take one. The
     next reaper pass, in any live process, publishes it (queued_at NULL)."""
     with db.transaction() as session:
+        if fails_as is not None:
+            limit = session.scalar(select(Job.max_attempts).where(Job.id == held.job_id)) or 1
+            used = held.attempt - _graceful_releases(session, held.job_id)
+            if used >= limit:
+                message = f"{reason} (attempt {held.attempt}: {used} failed attempts of max_attempts={limit}); giving up"
+                fence(session, held, status="failed", finished_at=utcnow(), lease_expires_at=None,
+                      error_code=fails_as, error_message=message[:4000])
+                _event(session, held.job_id, held.attempt, "failed", f"{fails_as}: {message}"[:4000])
+                wake_tenant_queue(session, held.job_id)
+                return "failed"
         fence(session, held, status="queued", queued_at=None, lease_expires_at=None, worker=None)
-        _event(session, held.job_id, held.attempt, "released", reason)
+        _event(session, held.job_id, held.attempt, "released", reason, {"counted": True} if fails_as else None)
+    return "released"
+
+
+def _graceful_releases(session: Session, job_id: str) -> int:
+    """Hand-backs that cost no attempt: `release` events not marked as counted."""
+    data = session.scalars(select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.kind == "released")).all()
+    return sum(1 for d in data if not (d or {}).get("counted"))
 
 
 def decline(db: Database, job_id: str) -> None:
@@ -311,12 +336,10 @@ def _unpublished(now: datetime, requeue_unclaimed_seconds: float):
 
 def _reap_expired(db: Database, job_id: str, attempt: int, max_attempts: int, cancel: bool, now: datetime) -> str | None:
     # A graceful hand-back (`release`, worker shutting down after a checkpoint) bumps
-    # `attempt` too, but is not a failure (issue 6, case 2): only lost attempts count
-    # towards max_attempts.
+    # `attempt` too, but is not a failure (issue 6, case 2): only lost (and counted
+    # released) attempts count towards max_attempts.
     with db.transaction() as session:
-        released = session.scalar(
-            select(func.count()).select_from(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "released")
-        ) or 0
+        released = _graceful_releases(session, job_id)
     lost = attempt - released
     if cancel:
         outcome, values, message = "cancelled", {"status": "cancelled", "finished_at": now}, "worker lost while cancelling"
@@ -377,6 +400,20 @@ def _check_files(session: Session, tenant_id: str, spec: JobSpec) -> None:
             problems.append(f"{where}: {ref} is not one of your uploaded files (upload it with POST /files)")
         elif (owned[file_id] or "dataset") != purpose:
             problems.append(f"{where}: {ref} was uploaded as a {owned[file_id]}, not a {purpose} (POST /files?purpose={purpose})")
+    if problems:
+        raise InvalidInput("; ".join(problems), problems)
+
+
+def _check_judges(session: Session, tenant_id: str, spec: JobSpec) -> None:
+    """A model grader's served judge `<job_id>[:<step>]` must be one of this tenant's jobs
+    (its checkpoint may come later: it is resolved when the grader runs)."""
+    wanted = {f"reward.{i}.model": g.served_model.partition(":")[0] for i, g in enumerate(spec.reward)
+              if g.kind == "model" and g.url is None and not g.model.startswith("base:")}
+    if not wanted:
+        return
+    owned = set(session.scalars(select(Job.id).where(Job.tenant_id == tenant_id, Job.id.in_(set(wanted.values())))))
+    problems = [f"{where}: no job {job_id} of yours to judge with (use an id from GET /jobs)"
+                for where, job_id in wanted.items() if job_id not in owned]
     if problems:
         raise InvalidInput("; ".join(problems), problems)
 

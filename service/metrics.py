@@ -14,7 +14,7 @@ import math
 from functools import lru_cache
 from numbers import Real
 
-from sqlalchemy import Integer, Text, bindparam, cast, func, literal, select
+from sqlalchemy import BigInteger, Integer, Text, bindparam, cast, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
@@ -81,6 +81,18 @@ def points_json(
     return '{"job_id":"%s","points":%s,"next_after_step":%d,"has_more":%s}' % (
         job_id, points or "[]", after_step if last is None else last, "true" if available > limit else "false"
     )
+
+
+def trained_tokens(db: Database, job_ids: list[str]) -> dict[str, int]:
+    """Tokens trained on (the `train_tokens` step metric, summed over steps) per job, in one
+    grouped query; jobs without that metric are absent."""
+    if not job_ids:
+        return {}
+    per_step = cast(MetricPoint.values["train_tokens"].as_integer(), BigInteger)  # ->> on PostgreSQL, json_extract on SQLite
+    query = (select(MetricPoint.job_id, func.sum(per_step)).where(MetricPoint.job_id.in_(job_ids))
+             .group_by(MetricPoint.job_id))
+    with db.read() as session:
+        return {job_id: int(total) for job_id, total in session.execute(query) if total is not None}
 
 
 @lru_cache(maxsize=256)

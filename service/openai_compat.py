@@ -3,17 +3,13 @@
 
 `model` takes the same references as /generate. Completions send the prompt text as it
 is (raw); chat applies the checkpoint's own chat template (or the training prompt format
-when it has none) to the messages. Streaming sends the finished completion as a series
-of chunks: the worker answers a request once, so chunks arrive together at the end.
+when it has none) to the messages. Streaming (`stream: true`) is service.openai_stream.
 """
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
-from typing import Iterator
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -22,9 +18,6 @@ from service.db import Database
 from service.errors import InvalidInput, NotFound
 from service.inference import Run, check_work, list_models, run_generation
 from service.settings import get_settings
-
-PIECE = re.compile(r"\s*\S+|\s+")  # a word with its leading space: one stream chunk each
-
 
 REFUSED = {
     "tools": "tool calling is not supported by this server",
@@ -190,11 +183,18 @@ def model(db: Database, tenant_id: str, model_id: str) -> dict:
     raise NotFound(f"model: no model {model_id[:80]!r}; GET /v1/models lists yours")
 
 
-def completions(db: Database, tenant_id: str, request: CompletionRequest, run: Run) -> dict:
+def completion_sampling(request: CompletionRequest) -> dict:
+    """The worker's sampling for a completion request (max_tokens defaults to 16, as OpenAI)."""
     if request.stream and request.logprobs is not None:
         raise InvalidInput("logprobs: not supported with stream: true; remove one of them")
+    if request.stream and request.echo:
+        raise InvalidInput("echo: not supported with stream: true; remove one of them")
     sampling = request.sampling(16 if request.max_tokens is None else request.max_tokens, request.logprobs)
-    sampling["echo"] = request.echo
+    return {**sampling, "echo": request.echo}
+
+
+def completions(db: Database, tenant_id: str, request: CompletionRequest, run: Run) -> dict:
+    sampling = completion_sampling(request)
     reply = run_generation(db, tenant_id, request.model, request.prompt_list, sampling, run, raw=True)
     in_order = [(result, c) for result in reply["results"] for c in result["completions"]]
     choices = [
@@ -209,19 +209,25 @@ def completions(db: Database, tenant_id: str, request: CompletionRequest, run: R
 def chat(db: Database, tenant_id: str, request: ChatRequest, run: Run) -> dict:
     """Without max_tokens, as OpenAI: generate until the end of the model's context, here
     also bounded by the deployment cap (AMFT_GENERATE_MAX_TOKENS); the worker fits it."""
-    if request.stream and request.logprobs:
-        raise InvalidInput("logprobs: not supported with stream: true; remove one of them")
-    conversation = [m.plain() for m in request.messages]
-    max_tokens = request.max_completion_tokens or request.max_tokens
-    top = (request.top_logprobs or 0) if request.logprobs else None
-    sampling = request.sampling(max_tokens or get_settings().generate_max_tokens, top)
-    reply = run_generation(db, tenant_id, request.model, [conversation], sampling, run, fit_context=max_tokens is None)
+    conversation, sampling, fit_context = chat_sampling(request)
+    reply = run_generation(db, tenant_id, request.model, [conversation], sampling, run, fit_context=fit_context)
     choices = [
         {"index": i, "message": {"role": "assistant", "content": c["text"]}, "finish_reason": c["finish_reason"],
          "logprobs": _chat_logprobs(c) if request.logprobs else None}
         for i, c in enumerate(reply["results"][0]["completions"])
     ]
     return _envelope("chatcmpl", "chat.completion", reply, choices)
+
+
+def chat_sampling(request: ChatRequest) -> tuple[list[dict], dict, bool]:
+    """(conversation, the worker's sampling, fit_context) for a chat request."""
+    if request.stream and request.logprobs:
+        raise InvalidInput("logprobs: not supported with stream: true; remove one of them")
+    conversation = [m.plain() for m in request.messages]
+    max_tokens = request.max_completion_tokens or request.max_tokens
+    top = (request.top_logprobs or 0) if request.logprobs else None
+    sampling = request.sampling(max_tokens or get_settings().generate_max_tokens, top)
+    return conversation, sampling, max_tokens is None
 
 
 def _completion_logprobs(completion: dict, prompt: list | None = None) -> dict:
@@ -253,36 +259,15 @@ def _chat_logprobs(completion: dict) -> dict:
     return {"content": content}
 
 
-def chat_chunks(response: dict, include_usage: bool = False) -> Iterator[dict]:
-    """A chat.completion as `chat.completion.chunk` objects: role, content pieces, finish,
-    and the usage chunk when stream_options.include_usage asked for it."""
-    base = {"id": response["id"], "object": "chat.completion.chunk", "created": response["created"], "model": response["model"]}
-    for choice in response["choices"]:
-        index = choice["index"]
-        yield {**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-        for piece in PIECE.findall(choice["message"]["content"]):
-            yield {**base, "choices": [{"index": index, "delta": {"content": piece}, "finish_reason": None}]}
-        yield {**base, "choices": [{"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}]}
-    if include_usage:
-        yield {**base, "choices": [], "usage": response["usage"]}
-
-
-def completion_chunks(response: dict, include_usage: bool = False) -> Iterator[dict]:
-    """A text_completion as streamed chunks (same object type, text pieces), then usage."""
-    base = {"id": response["id"], "object": "text_completion", "created": response["created"], "model": response["model"]}
-    for choice in response["choices"]:
-        for piece in PIECE.findall(choice["text"]):
-            yield {**base, "choices": [{"index": choice["index"], "text": piece, "finish_reason": None, "logprobs": None}]}
-        yield {**base, "choices": [{"index": choice["index"], "text": "", "finish_reason": choice["finish_reason"], "logprobs": None}]}
-    if include_usage:
-        yield {**base, "choices": [], "usage": response["usage"]}
-
-
 def _envelope(prefix: str, kind: str, reply: dict, choices: list[dict]) -> dict:
-    prompt_tokens = sum(r["prompt_tokens"] for r in reply["results"])
-    completion_tokens = sum(c["tokens"] for r in reply["results"] for c in r["completions"])
     return {
         "id": f"{prefix}-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()), "model": reply["model"],
-        "choices": choices,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+        "choices": choices, "usage": usage(reply),
     }
+
+
+def usage(reply: dict) -> dict:
+    """OpenAI's usage object for a worker reply."""
+    prompt_tokens = sum(r["prompt_tokens"] for r in reply["results"])
+    completion_tokens = sum(c["tokens"] for r in reply["results"] for c in r["completions"])
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}

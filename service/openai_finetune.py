@@ -18,7 +18,7 @@ import math
 from sqlalchemy import select
 
 from service import jobs as job_reads
-from service import lifecycle
+from service import lifecycle, metrics
 from service.db import Database
 from service.errors import NotFound
 from service.files import Upload
@@ -70,8 +70,6 @@ def create_job(db: Database, tenant_id: str, body: dict, publish, max_attempts: 
     unknown = sorted(set(body) - KNOWN)
     if unknown:
         raise OpenAIError(400, f"unknown parameter {unknown[0]!r}", unknown[0])
-    if body.get("integrations"):
-        raise OpenAIError(400, "integrations are set in the spec here: use extra_body amft.integrations", "integrations")
     try:
         spec = _spec(db, tenant_id, body)
     except (AttributeError, TypeError) as error:  # an object where a string was due, or the reverse
@@ -87,18 +85,32 @@ def create_job(db: Database, tenant_id: str, body: dict, publish, max_attempts: 
 
 def retrieve(db: Database, tenant_id: str, ft_id: str) -> dict:
     """One job as an OpenAI FineTuningJob object."""
-    return _job_object(_job(db, tenant_id, ft_id))
+    job = _job(db, tenant_id, ft_id)
+    tokens = metrics.trained_tokens(db, [job["id"]]).get(job["id"]) if job["status"] == "succeeded" else None
+    return _job_object(job, tokens)
 
 
-def list_jobs(db: Database, tenant_id: str, limit: int) -> dict:
-    page = job_reads.list_jobs(db, tenant_id, None, min(max(limit, 1), 200))
+def list_jobs(db: Database, tenant_id: str, limit: int, after: str | None = None) -> dict:
+    """A page of jobs, newest first; `after` (a job id from the previous page) continues
+    past it."""
+    cursor = None
+    if after:
+        try:
+            cursor = job_reads.cursor_after(db, tenant_id, _our_id(after))
+        except NotFound as error:
+            raise OpenAIError(400, f"after: no fine-tuning job {after!r} (pass the last id of the previous page)",
+                              "after") from error
+    page = job_reads.list_jobs(db, tenant_id, cursor, min(max(limit, 1), 200))
     # List items are summaries (issue 13, item 11); OpenAI's job object needs each spec:
     # one query for the page's rows.
     ids = [summary["id"] for summary in page["jobs"]]
     with db.read() as session:
         rows = {row.id: row for row in session.scalars(select(Job).where(Job.tenant_id == tenant_id, Job.id.in_(ids)))}
         jobs = [job_reads.job_view(rows[job_id]) for job_id in ids if job_id in rows]
-    return {"object": "list", "data": [_job_object(job) for job in jobs], "has_more": page["next_cursor"] is not None}
+    tokens = metrics.trained_tokens(db, [job["id"] for job in jobs if job["status"] == "succeeded"])
+    data = [_job_object(job, tokens.get(job["id"])) for job in jobs]
+    return {"object": "list", "data": data, "has_more": page["next_cursor"] is not None,
+            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
 
 
 def cancel(db: Database, tenant_id: str, ft_id: str) -> dict:
@@ -162,11 +174,31 @@ def _spec(db: Database, tenant_id: str, body: dict) -> dict:
                                "rl_prompts_per_step": batch, "learning_rate": BASE_LEARNING_RATE * multiplier}}
     if body.get("validation_file"):
         spec["datasets"]["validation"] = {"source": f"file:{_file(db, tenant_id, body['validation_file'], 'validation_file')[0]}"}
+    if body.get("integrations"):
+        spec["integrations"] = _integrations(body["integrations"])
     if body.get("seed") is not None:
         spec["training"]["seed"] = body["seed"]
     for key, value in (body.get("amft") or {}).items():  # our extension: any spec field
         spec[key] = {**spec[key], **value} if isinstance(spec.get(key), dict) and isinstance(value, dict) else value
     return spec
+
+
+def _integrations(items) -> list[dict]:
+    """OpenAI's `[{"type": "wandb", "wandb": {"project", "name"}}]` as our wandb integration;
+    the entity (like the host and key) is the operator's, so naming one is refused."""
+    if not isinstance(items, list):
+        raise OpenAIError(400, "integrations must be a list", "integrations")
+    mapped = []
+    for item in items:
+        if not isinstance(item, dict) or item.get("type") != "wandb":
+            raise OpenAIError(400, "only integrations of type wandb are supported (others through extra_body "
+                                   "amft.integrations)", "integrations.type")
+        options = item.get("wandb") or {}
+        for name in sorted(set(options) - {"project", "name"}):
+            raise OpenAIError(400, f"integrations.wandb.{name} is not supported here: the W&B entity, host and key "
+                                   "are set by this deployment", f"integrations.wandb.{name}")
+        mapped.append({"kind": "wandb", "project": options.get("project") or "amft", "run_name": options.get("name")})
+    return mapped
 
 
 def _auto(value, default, name: str):
@@ -213,7 +245,8 @@ def _job(db: Database, tenant_id: str, ft_id: str) -> dict:
         raise OpenAIError(404, f"no fine-tuning job {ft_id}", "fine_tuning_job_id", "fine_tune_not_found") from error
 
 
-def _job_object(job: dict) -> dict:
+def _job_object(job: dict, trained_tokens: int | None = None) -> dict:
+    """`trained_tokens`: prompt and completion tokens trained on (succeeded jobs; else null)."""
     spec = job["spec"]
     training = spec["training"]
     sft_source = spec["datasets"]["sft"]["source"]
@@ -224,12 +257,15 @@ def _job_object(job: dict) -> dict:
         "fine_tuned_model": job["id"] if job["status"] == "succeeded" else None,
         "organization_id": "org-amft", "result_files": [], "status": job["status"],
         "training_file": "file-" + sft_source.removeprefix("file:") if sft_source.startswith("file:") else sft_source,
-        "validation_file": None, "seed": training.get("seed", 0), "trained_tokens": None,
+        "validation_file": None, "seed": training.get("seed", 0), "trained_tokens": trained_tokens,
         "hyperparameters": {"n_epochs": "auto", "batch_size": training.get("sft_batch_size"),
                             "learning_rate_multiplier": training.get("learning_rate", BASE_LEARNING_RATE) / BASE_LEARNING_RATE},
         "method": {"type": "reinforcement" if spec["method"] == "grpo" else "supervised"},
         "error": {"code": error["code"], "message": error["message"], "param": None} if error else None,
-        "estimated_finish": None, "integrations": [], "metadata": None,
+        "estimated_finish": None, "metadata": None,
+        "integrations": [{"type": "wandb", "wandb": {"project": i["project"], "name": i.get("run_name"), "entity": None,
+                                                     "tags": None}}
+                         for i in spec.get("integrations") or [] if i["kind"] == "wandb"],
     }
 
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -134,6 +134,14 @@ class Settings(BaseSettings):
     grader_cpu_seconds: int = Field(10, description="CPU-time rlimit of one python grader call.")
     grader_memory_mb: int = Field(512, description="Address-space rlimit of one python grader call, in MiB.")
     grader_max_processes: int = Field(16, description="Process-count rlimit inside a python grader's sandbox.")
+    # Graders (issue 15): the model grader's judges.
+    judge_url_allowlist: str = Field(
+        "", description="Comma-separated base URLs of OpenAI-compatible APIs a `model` grader may call "
+        "(compared exactly, without a trailing slash); empty = only models this service serves."
+    )
+    judge_api_key: str = Field("", description="Bearer token sent to allowlisted judge URLs (empty: none).")
+    judge_timeout_seconds: float = Field(60.0, description="How long one judge request may take.")
+    judge_concurrency: int = Field(8, ge=1, description="Judge requests a grader sends at once to a URL judge.")
     # Issue 17 (MLOps): webhooks and tracking integrations.
     webhook_allowed_hosts: str = Field(
         "", description="Comma-separated hosts, addresses or networks (CIDR) webhooks may reach even though "
@@ -147,10 +155,25 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(12, description="Attempts before a webhook event is given up.")
     webhook_backoff_seconds: float = Field(1.0, description="First retry delay; doubles each attempt.")
     webhook_backoff_max_seconds: float = Field(600.0, description="Longest retry delay.")
+    mlflow_tracking_uri_allowlist: str = Field(
+        "", description="Comma-separated MLflow tracking URIs job specs may export to; empty = MLflow export off."
+    )
+    mlflow_request_timeout_seconds: int = Field(10, description="How long one MLflow request may take.")
+    wandb_mode: Literal["online", "offline"] = Field(
+        "online", description="W&B mode; offline writes the run folder into the job's artifacts (wandb sync later)."
+    )
+    wandb_base_url: str | None = Field(None, description="W&B host (default W&B's cloud).")
+    wandb_api_key: SecretStr | None = Field(None, description="W&B API key used for every job's run.")
+    wandb_entity: str | None = Field(None, description="W&B entity (team or user) runs are logged under.")
+    tracker_backoff_seconds: float = Field(2.0, description="First retry delay of a failing tracker; doubles each failure.")
     # Distributed training (issue 14).
     max_devices: int = Field(8, description="Largest resources.devices a job may ask for.")
     max_nodes: int = Field(
-        1, description="Largest resources.nodes a job may ask for (the multi-node Ray launcher is not built yet)."
+        1, description="Largest resources.nodes a job may ask for; above 1, train workers need AMFT_RAY_ADDRESS."
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster (host:port of its head's GCS) that runs multi-node jobs with Ray Train; "
+        "unset: this worker declines jobs with resources.nodes > 1.",
     )
     worker_devices: int = Field(
         1, description="Devices this train worker can give one job (GPUs, or CPU processes); larger jobs are declined."

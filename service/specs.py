@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.grader_specs import GraderSpec, MathVerifyGrader, as_grader_list, check_graders
+from service.integration_specs import IntegrationSpec
 from service.settings import get_settings
 
 Method = Literal["amft", "sft", "grpo", "sft_then_grpo", "fixed", "chord"]
@@ -202,14 +203,28 @@ class ControllerSpec(Strict):
         0.95, ge=0.0, le=1.0, description="Upper bound of mu (amft, chord); amft holds mu below 1 (at most 0.999)."
     )
     eta_H: float = Field(5e-4, ge=0.0, description="amft: step size of the entropy term (0 disables it).")
-    # The benchmark's pick (bench/results/algorithms.md, tuning pass over 0.02/0.1/0.5 on
-    # the validation split); the spec's default and the benchmark's pick stay the same.
+    # A move of mu per meta window that passes the meta_min_z test (issue 16): a sign step, so
+    # one value serves every meta_form and learning rate (adam/raw m_t scale with lr).
     eta_meta: float = Field(
-        0.5, ge=0.0, description="amft: step size of the meta-gradient term (0 disables it)."
+        0.1, ge=0.0, description="amft: how far mu moves at the end of a meta window that passes the test (0 disables it)."
     )
-    meta_interval: int = Field(20, ge=1, description="amft: a meta-gradient step every this many steps.")
-    meta_form: Literal["cosine", "raw"] = Field(
-        "cosine", description="cos(g_val,g_SFT)-cos(g_val,g_RL), or lr*<g_val, g_SFT-g_RL>."
+    meta_interval: int = Field(
+        20, ge=1, description="amft: K, the steps per meta window (one m_t sample each; mu moves at its end)."
+    )
+    meta_form: Literal["adam", "raw", "cosine"] = Field(
+        "cosine",
+        description="m_t: 'adam' = dU/dmu through the real clipped AdamW step; 'raw' = lr*<g_val, g_SFT-g_RL> "
+        "(SGD look-ahead); 'cosine' = cos(g_val,g_SFT)-cos(g_val,g_RL), a normalised heuristic, not a derivative.",
+    )
+    meta_min_z: float = Field(
+        2.0, ge=0.0,
+        description="amft: mu moves at a window's end only if |mean m_t| >= meta_min_z * its standard error "
+        "over the window's per-step samples (0: always move).",
+    )
+    entropy_rule: Literal["below_target", "deviation"] = Field(
+        "below_target",
+        description="amft entropy term: 'below_target' eta_H*(H*-H_t) (the paper's); 'deviation' "
+        "eta_H*|H_t-H*|/H*, raising mu whenever entropy leaves the warm-up level (collapse here gained entropy).",
     )
     meta_utility: Literal["reward", "nll"] = Field(
         "reward", description="Validation utility: verifier reward (policy gradient) or expert NLL."
@@ -252,13 +267,6 @@ class RetentionSpec(Strict):
     keep_best: KeepBestSpec | None = Field(None, description="Also keep the best checkpoint by an eval metric.")
 
 
-class IntegrationSpec(Strict):
-    """An experiment tracker that receives every step's metrics and the spec as parameters."""
-
-    kind: Literal["tensorboard"] = Field(
-        ..., description="tensorboard: event files in the job's artifacts (GET /jobs/{id}/artifacts/tensorboard)."
-    )
-
 class ResourcesSpec(Strict):
     """How many devices and machines one job spans (issue 14); 1 x 1 is one process."""
 
@@ -296,7 +304,7 @@ class JobSpec(Strict):
     # ---- issue 17 (MLOps)
     retention: RetentionSpec | None = Field(None, description="Delete older checkpoints' weights (default: keep all).")
     integrations: list[IntegrationSpec] = Field(
-        default_factory=list, max_length=4, description="Experiment trackers to export metrics to."
+        default_factory=list, max_length=4, description="Experiment trackers (tensorboard | mlflow | wandb) that receive metrics, the spec and sample tables."
     )
 
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Devices and machines for the job.")

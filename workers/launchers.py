@@ -6,8 +6,9 @@
   relays cancel and SIGTERM as a stop file that rank 0 turns into a collective stop, and
   tears the whole group down when it ends, when any rank dies (torchrun's agent stops the
   others; collectives time out after AMFT_COLLECTIVE_TIMEOUT_SECONDS) or when fenced;
-- more than one node (Ray Train's TorchTrainer) is not built yet: AMFT_MAX_NODES defaults
-  to 1 so such specs get a 422, and a worker declines one if a deployment raised it.
+- `ray`: more than one node, on the Ray cluster named by AMFT_RAY_ADDRESS (workers.ray_launcher):
+  the same child process group, whose child is a Ray Train driver instead of torchrun; a
+  worker without AMFT_RAY_ADDRESS declines such a job.
 
 A launcher returns the TrainResult, or None when the group died without finishing (a rank
 was killed): the caller then releases the job, which resumes from its last checkpoint.
@@ -43,10 +44,13 @@ class RanksFailed(RuntimeError):
 
 
 def choose_launcher(spec: JobSpec, settings: Settings) -> str:
-    """`local` or `torchrun` for this job on this worker; raises Unservable."""
+    """`local`, `torchrun` or `ray` for this job on this worker; raises Unservable."""
     r = spec.resources
     if r.nodes > 1:
-        raise Unservable(f"resources.nodes = {r.nodes}: this worker has no multi-node launcher (Ray) yet")
+        if not settings.ray_address:
+            raise Unservable(f"resources.nodes = {r.nodes} but this worker has no Ray cluster (AMFT_RAY_ADDRESS) "
+                             "to run a multi-node job on")
+        return "ray"  # the Ray cluster, not this worker, provides the devices
     if r.devices > settings.worker_devices:
         raise Unservable(f"resources.devices = {r.devices} but this worker serves {settings.worker_devices} "
                          f"(AMFT_WORKER_DEVICES); it will not run the job smaller")
@@ -68,13 +72,30 @@ def write_launch_file(folder: Path, held, job_dir: Path, resume: Path | None) ->
 
 def run_torchrun(spec: JobSpec, job_dir: Path, watch, resume: Path | None, settings: Settings) -> TrainResult | None:
     """Run the job as `torchrun --nproc-per-node N` in a child process group and wait for it."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={spec.resources.devices}",
+               "--max-restarts=0", "-m", "workers.rank_main"]
+    return run_group(command, "torchrun.log", job_dir, watch, resume)
+
+
+def run_ray(spec: JobSpec, job_dir: Path, watch, resume: Path | None, settings: Settings) -> TrainResult | None:
+    """Run the job with Ray Train on the cluster at AMFT_RAY_ADDRESS (workers.ray_launcher)."""
+    from workers.ray_launcher import driver_command
+
+    return run_group(driver_command(), "ray.log", job_dir, watch, resume)
+
+
+GROUP_LAUNCHERS = {"torchrun": run_torchrun, "ray": run_ray}
+
+
+def run_group(command: list[str], log_name: str, job_dir: Path, watch, resume: Path | None) -> TrainResult | None:
+    """Run `command LAUNCH_FILE` as a child process group while this worker keeps the lease,
+    relays cancel and SIGTERM, and tears the group down when it ends or when fenced."""
     folder = launch_dir(job_dir, watch.held.attempt)
     launch = write_launch_file(folder, watch.held, job_dir, resume)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={spec.resources.devices}",
-               "--max-restarts=0", "-m", "workers.rank_main", str(launch)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
-    with (folder / "torchrun.log").open("w") as log:
-        group = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with (folder / log_name).open("w") as log:
+        group = subprocess.Popen([*command, str(launch)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
         try:
             _supervise(group, watch, folder / "stop")
         finally:

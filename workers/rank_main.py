@@ -1,4 +1,5 @@
-"""One rank of a multi-device job, as torchrun starts it: `python -m workers.rank_main CLAIM_JSON`.
+"""One rank of a multi-device job, as torchrun starts it (`python -m workers.rank_main CLAIM_JSON`)
+or as a Ray Train worker runs it (workers.ray_launcher.rank_entry).
 
 The Celery worker that claimed the job (workers.launchers) owns the lease: it heartbeats,
 watches the cancel flag and SIGTERM, and ends the job. Here every rank runs the same loop;
@@ -37,16 +38,28 @@ def rank_zero_hooks(claim: dict, launch_dir: Path):
 
 
 def main(claim_file: Path) -> int:
+    """torchrun's entry: the rank is in RANK."""
+    return run_rank(claim_file, int(os.environ.get("RANK", "0")))
+
+
+def run_rank(claim_file: Path, rank: int) -> int:
+    """Run rank `rank` of the job in `claim_file` (written by workers.launchers) to its end.
+
+    The launcher (torchrun, or Ray Train in workers.ray_launcher) started the processes;
+    the loop joins or finds their process group (workers.trainer.distributed.make_world).
+    """
     launch = json.loads(claim_file.read_text())
     launch_dir = claim_file.parent
-    rank = int(os.environ.get("RANK", "0"))
     (launch_dir / f"pid-rank{rank}").write_text(str(os.getpid()))  # for operators and the fault tests
     try:
         from workers.trainer.hooks import TrainerHooks
         from workers.trainer.loop import train
 
         spec = JobSpec.model_validate(launch["claim"]["spec"])
+        from workers.judges import Judge
+
         hooks = rank_zero_hooks(launch["claim"], launch_dir) if rank == 0 else TrainerHooks()
+        hooks.judge = Judge(get_settings(), job_id=launch["claim"]["job_id"])  # every rank scores its shard
         resume = Path(launch["resume"]) if launch["resume"] else None
         result = train(spec, Path(launch["job_dir"]), hooks, resume_from=resume)
     except Exception as error:  # noqa: BLE001 - the worker reads this to fail the job with it

@@ -9,8 +9,9 @@ Who ends the job:
 - the process died: nothing here; the reaper re-queues it when the lease expires and the
   next attempt resumes from the latest recorded checkpoint;
 - a rank of a multi-device group died: released, to resume from the last checkpoint;
-- this worker cannot serve the job's resources: declined with an event, back to the queue.
-The launcher (in-process or torchrun; workers.launchers) is chosen once at claim.
+- this worker cannot serve the job's resources: declined with an event, back to the queue;
+  these two cost an attempt each: past max_attempts the job fails (rank_died, unservable).
+The launcher (in-process, torchrun or Ray; workers.launchers) is chosen once at claim.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from service.errors import Fenced
 from service.redact import redact_paths
 from service.settings import Settings, get_settings
 from service.specs import JobSpec, spec_error_lines
+from workers.judges import Judge
 from workers.trainer.hooks import TrainerHooks
 from workers.tracking import Export
 
@@ -73,7 +75,7 @@ class Watch:
     lease between steps (a step, a model load or a checkpoint may outlast the lease)."""
 
     def __init__(self, db: Database, held: lifecycle.Claim, artifacts_dir: Path, heartbeat_seconds: float,
-                 retry_for: float = 30.0):
+                 retry_for: float = 30.0, settings: Settings | None = None):
         self.db, self.held, self.artifacts_dir = db, held, artifacts_dir
         self.retry_for = retry_for
         self.cancel = False
@@ -81,12 +83,13 @@ class Watch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(heartbeat_seconds,), daemon=True, name="heartbeat")
         # Issue 17: the spec's trackers; a failing one records an event and never fails the job.
+        self.judge = None  # workers.judges.Judge for this job's model graders (set by the launcher)
         self.export = Export(held.spec, lifecycle.job_dir(artifacts_dir, held.job_id),
-                             lambda kind, message: lifecycle.note(db, held, kind, message))
+                             lambda kind, message: lifecycle.note(db, held, kind, message), held.job_id, settings)
 
     def hooks(self) -> TrainerHooks:
         return TrainerHooks(on_metrics=self.on_metrics, on_checkpoint=self.on_checkpoint, should_stop=self.should_stop,
-                            on_event=self.on_event)
+                            on_event=self.on_event, on_samples=self.on_samples, judge=self.judge)
 
     def on_event(self, kind: str, message: str) -> None:
         self._check_fenced()
@@ -96,6 +99,10 @@ class Watch:
         self._check_fenced()
         self.cancel = retrying(lambda: metrics.record_step(self.db, self.held, point), self.retry_for) or self.cancel
         self.export.on_metrics(point)
+
+    def on_samples(self, step: int, rows: list[dict]) -> None:
+        self._check_fenced()
+        self.export.on_samples(step, rows)  # trackers only: the table is not stored in SQL
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         self._check_fenced()
@@ -149,7 +156,8 @@ def run_train_job(job_id: str, settings: Settings | None = None) -> str:
         log.info("woken by job %s: no job is claimable now (running, finished, cancelled or held back)", job_id)
         return "not_claimable"
     artifacts = settings.resolved_artifacts_dir
-    watch = Watch(db, held, artifacts, settings.heartbeat_seconds, retry_seconds(settings))
+    watch = Watch(db, held, artifacts, settings.heartbeat_seconds, retry_seconds(settings), settings)
+    watch.judge = Judge(settings, job_id=held.job_id)
     try:
         with watch, _stop_on_sigterm():
             return _train(db, held, watch, settings, artifacts)
@@ -170,8 +178,8 @@ def _train(db: Database, held: lifecycle.Claim, watch: Watch, settings: Settings
         launcher = choose_launcher(spec, settings)
     except Unservable as reason:
         retrying(lambda: lifecycle.note(db, held, "declined", str(reason)), watch.retry_for)
-        retrying(lambda: lifecycle.release(db, held, f"declined: {reason}"), watch.retry_for)
-        return "declined"
+        released = retrying(lambda: lifecycle.release(db, held, f"declined: {reason}", "unservable"), watch.retry_for)
+        return "declined" if released == "released" else "failed"
     try:
         resume = _usable_resume(db, held, artifacts)
         result = _launch(launcher, spec, lifecycle.job_dir(artifacts, held.job_id), watch, resume, settings)
@@ -184,9 +192,8 @@ def _train(db: Database, held: lifecycle.Claim, watch: Watch, settings: Settings
         retrying(lambda: lifecycle.fail(db, held, "trainer_error", message), watch.retry_for)
         return "failed"
     if result is None:
-        reason = "a rank of the job's process group died; resuming from the last checkpoint"
-        retrying(lambda: lifecycle.release(db, held, reason), watch.retry_for)
-        return "released"
+        reason = "a rank of the job's process group died (the next attempt resumes from the last checkpoint)"
+        return retrying(lambda: lifecycle.release(db, held, reason, "rank_died"), watch.retry_for)
     if result.status == "stopped" and SHUTTING_DOWN.is_set() and not watch.cancel:
         reason = f"worker shutting down; checkpoint at step {result.last_step}"
         retrying(lambda: lifecycle.release(db, held, reason), watch.retry_for)
@@ -197,10 +204,10 @@ def _train(db: Database, held: lifecycle.Claim, watch: Watch, settings: Settings
 
 def _launch(launcher: str, spec: JobSpec, job_dir: Path, watch: Watch, resume: Path | None, settings: Settings):
     """Start the trainer the chosen way; the TrainResult, or None if a rank died."""
-    if launcher == "torchrun":
-        from workers.launchers import run_torchrun
+    if launcher != "local":
+        from workers.launchers import GROUP_LAUNCHERS
 
-        return run_torchrun(spec, job_dir, watch, resume, settings)
+        return GROUP_LAUNCHERS[launcher](spec, job_dir, watch, resume, settings)
     from workers.trainer.loop import train  # torch is imported here, in the worker only
 
     return train(spec, job_dir, watch.hooks(), resume_from=resume)

@@ -52,8 +52,9 @@ async def create_fine_tuning_job(request: Request, who: Principal = Depends(prin
 
 @router.get("/fine_tuning/jobs")
 async def list_fine_tuning_jobs(request: Request, limit: int = Query(20, ge=1, le=200),
+                                after: str | None = Query(None, max_length=64, description="Last job id of the previous page."),
                                 who: Principal = Depends(principal)) -> JSONResponse:
-    return await _call(ft.list_jobs, request.app.state.db, who.tenant_id, limit)
+    return await _call(ft.list_jobs, request.app.state.db, who.tenant_id, limit, after)
 
 
 @router.get("/fine_tuning/jobs/{job_id}")

@@ -59,7 +59,7 @@ def job_with_checkpoint(tenants: Tenants) -> tuple[str, str]:
         tenant_id = session.execute(
             __import__("sqlalchemy").text("SELECT tenant_id FROM jobs WHERE id = :id"), {"id": job_id}
         ).scalar()
-        session.add(Evaluation(id=evaluation_id, tenant_id=tenant_id, job_id=job_id, step=5, status="succeeded",
+        session.add(Evaluation(id=evaluation_id, tenant_id=tenant_id, job_id=job_id, step=5, model=f"{job_id}:5", status="succeeded",
                                dataset={"source": "builtin:arithmetic", "split": "id"}, sampling={},
                                total=1, correct=1, accuracy=1.0, items=[]))
     return job_id, evaluation_id

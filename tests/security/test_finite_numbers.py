@@ -26,6 +26,10 @@ BASE_BODIES = {
     "/v1/completions": {"model": "base:builtin:tiny", "prompt": "x"},
     "/v1/chat/completions": {"model": "base:builtin:tiny", "messages": CHAT},
     "/jobs/{job_id}/evaluations": {},
+    "/evaluations": {"model": "base:builtin:tiny"},
+    "/v1/models/{model_id}/tokenize": {"prompt": "x"},
+    "/v1/models/{model_id}/detokenize": {"tokens": [1]},
+    "/v1/models/{model_id}/v1/completions": {"prompt": "x"},
     "/webhooks": {"url": "https://hooks.example.com/amft", "events": ["job.succeeded"]},
     "/v1/fine_tuning/jobs": {"model": "builtin:tiny", "training_file": "file-0"},
 }

@@ -31,10 +31,18 @@ class StubInference:
     """Answers generation requests as the inference worker would (n completions per prompt)."""
 
     def generate(self, payload: dict, disconnected=None) -> dict:
+        if payload.get("op"):  # the served tokenizer (/v1/models/{id}/tokenize ...)
+            return {"tokens": [1, 2], "count": 2, "prompt": "ab", "eos_token": "</s>"}
         n = payload["sampling"]["n"]
         results = [{"prompt_tokens": 3, "completions": [{"text": " 4", "tokens": 2, "finish_reason": "stop"}] * n}
                    for _ in payload["prompts"]]
         return {"results": results, "backend": "stub"}
+
+    def stream(self, payload: dict, disconnected=None):
+        """Streamed requests: a text delta per choice, then the reply."""
+        reply = self.generate(payload)
+        yield {"deltas": [[i, " "] for i in range(len(payload["prompts"]) * payload["sampling"]["n"])]}
+        yield reply
 
     def publish_evaluation(self, evaluation_id: str) -> None:
         pass

@@ -181,3 +181,29 @@ def test_released_and_declined_jobs_are_published_by_the_next_reaper_pass(db, te
     lifecycle.decline(db, job.id)
     assert lifecycle.reap(db, published, requeue_unclaimed_seconds=3600)["republished"] == 1
     assert lifecycle.claim(db, job.id, "w2", lease_seconds=30).attempt == 2
+
+
+def test_failed_releases_count_towards_max_attempts_and_graceful_ones_do_not(db, tenant):
+    job, _ = new_job(db, tenant, max_attempts=2)
+    held = lifecycle.claim(db, job.id, "w1", lease_seconds=30)
+    assert lifecycle.release(db, held, "worker shutting down") == "released"  # free
+    held = lifecycle.claim(db, job.id, "w2", lease_seconds=30)
+    assert lifecycle.release(db, held, "declined: too few devices", "unservable") == "released"  # 1 of 2
+    held = lifecycle.claim(db, job.id, "w3", lease_seconds=30)
+    assert held.attempt == 3
+    assert lifecycle.release(db, held, "declined: too few devices", "unservable") == "failed"  # 2 of 2
+    with db.transaction() as session:
+        row = session.get(Job, job.id)
+        assert (row.status, row.error_code) == ("failed", "unservable")
+        assert row.error_message.startswith("declined: too few devices (attempt 3: 2 failed attempts of max_attempts=2)")
+    assert lifecycle.claim(db, job.id, "w4", lease_seconds=30) is None
+
+
+def test_a_counted_release_counts_for_the_reaper_too(db, tenant):
+    published = Published()
+    job, _ = new_job(db, tenant, published, max_attempts=2)
+    held = lifecycle.claim(db, job.id, "w1", lease_seconds=30)
+    lifecycle.release(db, held, "a rank died", "rank_died")
+    lifecycle.claim(db, job.id, "w2", lease_seconds=30)
+    expire_lease(db, job.id)
+    assert lifecycle.reap(db, published, requeue_unclaimed_seconds=3600)["failed"] == 1

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.api.inference_env import InferenceWorker
 from tests.conftest import wait_for
 from tests.workers.test_tasks import all_points, submit, wait_status
 
@@ -34,7 +35,7 @@ def events(client, job_id: str) -> list[dict]:
     return client.get(f"/jobs/{job_id}/events").json()["events"]
 
 
-def test_two_device_job_runs_under_torchrun_to_success(pg_api, pg_workers):
+def test_two_device_job_runs_under_torchrun_to_success(pg_api, pg_workers, tmp_path):
     pg_workers.start(extra_env=TWO_DEVICES)
     with pg_api.client(pg_api.key("alice")) as client:
         job_id = submit(client, TWO_DEVICE_SPEC)
@@ -46,6 +47,15 @@ def test_two_device_job_runs_under_torchrun_to_success(pg_api, pg_workers):
         folder = launch_folder(pg_api.settings, job_id, 1)
         assert {json.loads((folder / f"exit-rank{r}.json").read_text())["status"] for r in (0, 1)} == {"completed"}
         assert "torch.distributed.run" in (folder / "torchrun.log").read_text() or (folder / "pid-rank1").exists()
+        # The checkpoint holds each rank's shard of the training state and the gathered model,
+        # which /generate serves (started after training, to leave the CPUs to the ranks).
+        job_dir = pg_api.settings.resolved_artifacts_dir / "jobs" / job_id
+        assert len(list((job_dir / "checkpoints" / "step-000008" / "sharded").glob("shard-*.safetensors"))) == 2
+        with InferenceWorker(pg_api.settings, tmp_path, concurrency=1) as worker:
+            reply = client.post("/generate", json={"model": f"{job_id}:8", "prompts": ["What is 2 + 3?"],
+                                                   "max_tokens": 8, "temperature": 0}, timeout=300)
+            assert reply.status_code == 200, reply.text + worker.logs()
+            assert isinstance(reply.json()["results"][0]["completions"][0]["text"], str)
 
 
 def test_a_worker_with_too_few_devices_declines(pg_api, pg_workers):
@@ -55,6 +65,10 @@ def test_a_worker_with_too_few_devices_declines(pg_api, pg_workers):
         declined = wait_for(lambda: [e for e in events(client, job_id) if e["kind"] == "declined"], 120,
                             what="a declined event")
         assert "resources.devices = 2 but this worker serves 1" in declined[0]["message"]
+        # Every decline costs an attempt: the job ends failed, naming why, instead of cycling forever.
+        job = wait_status(client, job_id, ("failed", "succeeded"), timeout=120)
+        assert (job["status"], job["error"]["code"]) == ("failed", "unservable"), job
+        assert "this worker serves 1" in job["error"]["message"] and "max_attempts=3" in job["error"]["message"]
         assert client.get(f"/jobs/{job_id}/metrics").json()["points"] == []  # never ran smaller
 
 

@@ -16,7 +16,8 @@ from workers.train_job import run_train_job
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 SPEC = {"method": "amft", "model": "builtin:tiny", "integrations": [{"kind": "tensorboard"}],
         "training": {"total_steps": 4, "warmup_steps": 2, "save_every": 4, "sft_batch_size": 2,
-                     "rl_prompts_per_step": 2, "num_generations": 2, "max_completion_tokens": 8}}
+                     "rl_prompts_per_step": 2, "num_generations": 2, "max_completion_tokens": 8,
+                     "eval_every": 2, "eval_limit": 3}}
 
 
 def test_tensorboard_files_hold_every_step_and_download(pg_api, tmp_path):
@@ -39,6 +40,10 @@ def test_tensorboard_files_hold_every_step_and_download(pg_api, tmp_path):
     rewards = {e.step: e.value for e in events.Scalars("reward_mean")}
     assert rewards and all(abs(rewards[p["step"]] - p["reward_mean"]) < 1e-6 for p in points if "reward_mean" in p)
     assert "spec/text_summary" in events.Tags()["tensors"]
+    tables = events.Tensors("samples/text_summary")  # sampled completions with rewards, every eval_every steps
+    assert [t.step for t in tables] == [2, 4]
+    table = tables[0].tensor_proto.string_val[0].decode()
+    assert table.startswith("| split | prompt | completion | reward | correct |") and table.count("\n| ") >= 3
 
 
 def test_a_tracker_that_cannot_write_records_an_event_and_the_job_succeeds(pg_api):

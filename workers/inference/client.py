@@ -6,10 +6,10 @@ No torch here: the API process imports this module.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
-
-from typing import Callable
+from typing import Callable, Iterator
 
 from service.errors import ClientClosed, GatewayTimeout, InvalidInput, NotFound, ServiceError, Unavailable
 from service.settings import Settings
@@ -52,15 +52,42 @@ class InferenceClient:
                 "consuming the `inference` queue (amft serve starts one; compose runs worker-inference), "
                 "or retry with fewer prompts or a smaller max_tokens"
             )
+        return self._checked(reply)
+
+    def stream(self, payload: dict, disconnected: Callable[[], bool] | None = None) -> Iterator[dict]:
+        """Run one generation request with token streaming: yields the worker's
+        `{"deltas": [[choice index, text], ...]}` messages as they are decoded, then its
+        reply (last). Errors raise as in `generate`, the first one before anything is
+        yielded; closing the iterator early tells the worker to stop."""
+        task_id = uuid.uuid4().hex
+        payload = {**payload, "stream": True, "deadline": time.time() + self.timeout}
+        self.app.send_task(GENERATE_TASK, args=[payload], queue=INFERENCE_QUEUE, task_id=task_id)
+        finished = False
+        try:
+            for seq in itertools.count():
+                message = self._wait(task_id, disconnected, seq)
+                if message is None:
+                    raise GatewayTimeout(f"the inference worker did not finish within {self.timeout:g} s")
+                if "deltas" not in message:
+                    finished = True
+                    yield self._checked(message)
+                    return
+                yield message
+        finally:
+            if not finished:
+                self.replies.cancel(task_id)
+
+    @staticmethod
+    def _checked(reply: dict) -> dict:
         if "error" in reply:
             error = reply["error"]
             raise ERRORS.get(error.get("code"), ServiceError)(error.get("message", "generation failed"))
         return reply
 
-    def _wait(self, task_id: str, disconnected: Callable[[], bool] | None) -> dict | None:
+    def _wait(self, task_id: str, disconnected: Callable[[], bool] | None, seq: int = 0) -> dict | None:
         deadline = time.monotonic() + self.timeout
         while (remaining := deadline - time.monotonic()) > 0:
-            reply = self.replies.wait(task_id, min(remaining, CHECK_SECONDS))
+            reply = self.replies.wait(task_id, min(remaining, CHECK_SECONDS), seq)
             if reply is not None:
                 return reply
             if disconnected is not None and disconnected():

@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Callable
 
 from workers.inference.batcher import INTERACTIVE, Abandoned, BatcherClosed, MicroBatcher, Request
+from workers.inference.streaming import Send, TextDeltas
 from workers.inference.types import Completion, InferenceError, PromptResult, Row, RowOutput, Sampling
 from workers.trainer.models import format_prompt
 
@@ -43,7 +44,8 @@ class BatchedEngine:
     def generate(self, prompts: list[Prompt], sampling: Sampling, *, raw: bool = False, timeout: float | None = None,
                  tenant: str = "", priority: int = INTERACTIVE, deadline: float | None = None,
                  cancelled: Callable[[], bool] | None = None,
-                 on_step: Callable[[Request], None] | None = None, fit_context: bool = False) -> list[PromptResult]:
+                 on_step: Callable[[Request], None] | None = None, fit_context: bool = False,
+                 on_text: Send | None = None) -> list[PromptResult]:
         """Completions for every prompt (`sampling.n` each).
 
         `raw` sends text prompts as they are (OpenAI /v1/completions); otherwise prompts are
@@ -51,7 +53,11 @@ class BatchedEngine:
         `tenant` and `priority` place the request in the fair scheduler; `deadline` (wall
         clock) or `cancelled()` turning true stop its rows within a decode step or two
         (raises Abandoned). Raises BatcherClosed when the engine was unloaded meanwhile.
+        `on_text(deltas)` streams: called from the decode loop with each row's new text
+        (workers.inference.streaming).
         """
+        if on_text is not None:
+            on_step = TextDeltas(lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True), on_text)
         if fit_context:  # OpenAI's chat default: up to the end of the context (within the cap)
             encoded = [self.encode(prompt, raw, 1) for prompt in prompts]
             sampling = replace(sampling, max_tokens=min(sampling.max_tokens, self.max_context - max(map(len, encoded))))

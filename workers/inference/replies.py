@@ -10,6 +10,10 @@ threads. So replies take their own small channel, keyed by the task id:
   `<home>/inference-replies/<task id>.json` atomically (write + rename); the API polls
   for it every 10 ms.
 
+A streamed request gets several messages on its channel, in order: text deltas while
+decoding, then the reply. Message `seq` (0, 1, ...) is the list's next item on Redis and
+its own file (`<task id>.<seq>.json`) in the embedded mode.
+
 The other way, `cancel(task_id)` tells the worker that the caller has gone (client
 disconnected or the API's timeout passed): a Redis key, or a `<task id>.cancel` file. The
 worker polls `cancelled(task_id)` while the request runs and stops its rows.
@@ -42,7 +46,8 @@ class RedisReplies:
         self.client = redis.Redis.from_url(url, socket_timeout=BLPOP_SLICE_SECONDS + 5)
         self.prefix = prefix + "amft:inference-reply:"
 
-    def put(self, task_id: str, reply: dict) -> None:
+    def put(self, task_id: str, reply: dict, seq: int = 0) -> None:
+        """Post message `seq` of a task (a list keeps them in order, so seq is implied)."""
         key = self.prefix + task_id
         with self.client.pipeline() as pipe:
             pipe.rpush(key, json.dumps(reply))
@@ -56,8 +61,8 @@ class RedisReplies:
     def cancelled(self, task_id: str) -> bool:
         return bool(self.client.exists(self.prefix + "cancel:" + task_id))
 
-    def wait(self, task_id: str, timeout: float) -> dict | None:
-        """The reply, or None after `timeout` seconds."""
+    def wait(self, task_id: str, timeout: float, seq: int = 0) -> dict | None:
+        """The next message (`seq` is implied by the list's order), or None after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -74,11 +79,12 @@ class FileReplies:
     def __init__(self, folder: Path):
         self.folder = folder
 
-    def put(self, task_id: str, reply: dict) -> None:
+    def put(self, task_id: str, reply: dict, seq: int = 0) -> None:
+        """Post message `seq` of a task as its own file (written whole, then renamed)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         temp = self.folder / f".{task_id}.{uuid.uuid4().hex}.tmp"
         temp.write_text(json.dumps(reply), encoding="utf-8")
-        os.replace(temp, self._path(task_id))
+        os.replace(temp, self._path(task_id, seq))
 
     def cancel(self, task_id: str) -> None:
         """Tell the worker that nobody waits for this task any more (a marker file)."""
@@ -93,8 +99,9 @@ class FileReplies:
             marker.unlink(missing_ok=True)
         return True
 
-    def wait(self, task_id: str, timeout: float) -> dict | None:
-        path = self._path(task_id)
+    def wait(self, task_id: str, timeout: float, seq: int = 0) -> dict | None:
+        """Message `seq` of a task, or None after `timeout` seconds."""
+        path = self._path(task_id, seq)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -107,10 +114,10 @@ class FileReplies:
             path.unlink(missing_ok=True)
             return reply
 
-    def _path(self, task_id: str) -> Path:
+    def _path(self, task_id: str, seq: int = 0) -> Path:
         if not task_id.replace("-", "").isalnum():
             raise ValueError("task ids are alphanumeric")
-        return self.folder / f"{task_id}.json"
+        return self.folder / (f"{task_id}.json" if seq == 0 else f"{task_id}.{int(seq)}.json")
 
 
 def reply_channel(settings: Settings) -> RedisReplies | FileReplies:

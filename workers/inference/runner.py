@@ -21,8 +21,12 @@ _THREADS_SET = threading.Lock()
 _threads_done = False
 
 
-def generate_reply(payload: dict, settings: Settings | None = None, cancelled: Callable[[], bool] | None = None) -> dict | None:
+def generate_reply(payload: dict, settings: Settings | None = None, cancelled: Callable[[], bool] | None = None,
+                   send: Callable[[dict], None] | None = None) -> dict | None:
     """The reply for a /generate payload: {"results": [...], "backend"} or {"error": {...}}.
+
+    With `"stream": true` in the payload, `send({"deltas": [[choice index, text], ...]})`
+    is called from the decode loop as tokens are decoded, before the reply.
 
     None when nobody will read it: the payload's deadline passed or `cancelled()` turned
     true (the API's client went away), before or during generation.
@@ -33,11 +37,15 @@ def generate_reply(payload: dict, settings: Settings | None = None, cancelled: C
         return None
     try:
         key = model_key(payload.get("model") or {})
+        if payload.get("op"):
+            return tokenizer_reply(_cache(settings).get(key), payload)
         sampling = Sampling.from_dict(payload["sampling"])
         prompts = payload["prompts"]
+        on_text = (lambda deltas: send({"deltas": deltas})) if payload.get("stream") and send else None
         cache = _cache(settings)
         results = cache.generate(key, prompts, sampling, raw=bool(payload.get("raw")), tenant=str(payload.get("tenant", "")),
-                                 deadline=deadline, cancelled=cancelled, fit_context=bool(payload.get("fit_context")))
+                                 deadline=deadline, cancelled=cancelled, fit_context=bool(payload.get("fit_context")),
+                                 on_text=on_text)
         return {"results": [r.to_dict() for r in results], "backend": cache.factory.backend}
     except Abandoned:
         log.info("generation abandoned by its caller")
@@ -49,6 +57,28 @@ def generate_reply(payload: dict, settings: Settings | None = None, cancelled: C
     except Exception as error:  # noqa: BLE001 - the API must get an answer, not a timeout
         log.exception("generation failed")
         return InferenceError("internal", f"generation failed: {type(error).__name__}: {error}").to_dict()
+
+
+TOKENIZER_OPS = ("tokenizer_info", "tokenize", "detokenize")
+
+
+def tokenizer_reply(engine, payload: dict) -> dict:
+    """The checkpoint's own tokenizer, served (vLLM's /tokenizer_info, /tokenize and
+    /detokenize shapes, which lm-evaluation-harness's remote tokenizer reads)."""
+    op, tokenizer = payload["op"], engine.tokenizer
+    if op == "tokenizer_info":
+        return {"eos_token": tokenizer.eos_token, "bos_token": tokenizer.bos_token, "pad_token": tokenizer.pad_token,
+                "chat_template": getattr(tokenizer, "chat_template", None), "vocab_size": len(tokenizer),
+                "model_max_length": engine.max_context}
+    if op == "tokenize":
+        ids = tokenizer(payload["prompt"], add_special_tokens=bool(payload.get("add_special_tokens")))["input_ids"]
+        return {"tokens": ids, "count": len(ids)}
+    if op == "detokenize":
+        tokens = payload["tokens"]
+        if any(not isinstance(t, int) or not 0 <= t < len(tokenizer) for t in tokens):
+            raise InferenceError("invalid", f"tokens: ids must lie in this model's vocabulary of {len(tokenizer)}")
+        return {"prompt": tokenizer.decode(tokens)}
+    raise InferenceError("invalid", f"op must be one of {', '.join(TOKENIZER_OPS)}")
 
 
 def _cache(settings: Settings):
@@ -97,12 +127,15 @@ def _score(work: dict, settings: Settings, progress: Callable[[list, int], None]
     from workers.trainer.rewards import extract_answer
 
     failures: list[str] = []
-    scorer = Scorer(parse_graders(work.get("reward")), on_failure=lambda _name, message: failures.append(message))
+    from workers.judges import Judge
+
+    judge = Judge(settings, tenant_id=str(work.get("tenant_id", "")))  # a model grader's judge: this tenant's models
+    scorer = Scorer(parse_graders(work.get("reward")), on_failure=lambda _name, message: failures.append(message), judge=judge)
     try:
         records = require_fields(load_records(DataSourceSpec(**work["dataset"]), settings), scorer.fields_read(), "evaluation")
     except DatasetError as error:
         raise InferenceError("invalid", str(error)) from None
-    key = model_key({"kind": "checkpoint", "job_id": work["job_id"], "step": work["step"]})
+    key = model_key(work["model"])
     sampling = Sampling.from_dict(work["sampling"])
     cache = _cache(settings)
     items = []

@@ -11,6 +11,8 @@ one warm engine cache); torch releases the GIL inside its kernels.
 
 from __future__ import annotations
 
+import itertools
+
 from service.settings import get_settings
 from workers.celery_app import app
 from workers.inference.client import EVALUATE_TASK, GENERATE_TASK
@@ -19,13 +21,19 @@ from workers.inference.replies import reply_channel
 
 @app.task(name=GENERATE_TASK, bind=True, acks_late=False)
 def generate(self, payload: dict) -> None:
-    """Serve one /generate payload and post the reply for the waiting API request."""
+    """Serve one /generate payload and post the reply for the waiting API request
+    (preceded by text deltas when the payload streams)."""
     from workers.inference.runner import generate_reply  # torch: worker processes only
 
     channel = reply_channel(get_settings())
-    reply = generate_reply(payload, cancelled=lambda: channel.cancelled(self.request.id))
+    task_id, sent = self.request.id, itertools.count()  # message numbers: deltas first, the reply last
+
+    def send(message: dict) -> None:
+        channel.put(task_id, message, next(sent))
+
+    reply = generate_reply(payload, cancelled=lambda: channel.cancelled(task_id), send=send)
     if reply is not None:
-        channel.put(self.request.id, reply)
+        send(reply)
 
 
 @app.task(name=EVALUATE_TASK)

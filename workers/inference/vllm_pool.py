@@ -1,5 +1,6 @@
 """vLLM engines for cache keys: one `LLM` per base folder, shared by LoRA checkpoints.
 
+An `LLM` here is vLLM's async engine (workers.inference.vllm_engine.build_llm).
 A full-weight checkpoint folder is loaded as its own `LLM`. A LoRA checkpoint reuses (or
 creates) the `LLM` of its base model, with LoRA enabled, and becomes a `VllmEngine` that
 attaches a `LoRARequest` to every request. An `LLM` is released once no cached engine
@@ -65,7 +66,9 @@ class VllmPool:
                 return
             del self._users[name]
             self._llms.pop(name, None)
-        engine.llm = None
+        llm, engine.llm = engine.llm, None
+        if hasattr(llm, "shutdown"):
+            llm.shutdown()  # the async engine's core process
         gc.collect()
         import torch
 

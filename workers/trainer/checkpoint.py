@@ -1,13 +1,18 @@
-"""Atomic, pickle-free checkpoints that resume a run exactly.
+"""Atomic, pickle-free checkpoints that resume a run exactly, on any world size.
 
 A checkpoint folder `checkpoints/step-000050/` holds:
-- the model as a `save_pretrained` folder (safetensors weights, config, tokenizer), so the
-  inference worker can load it directly; for LoRA runs the adapter plus base_model.json;
-- optimizer.safetensors + trainer_state.json: optimizer tensors, scheduler, RNG states,
-  data cursors and controller state (mu, H*, step) — no pickle anywhere;
+- the model as a `save_pretrained` folder (safetensors weights, config, tokenizer), gathered
+  whole on rank 0, so the inference worker and downloads load it directly; for LoRA runs
+  the adapter plus base_model.json;
+- sharded/: the training state, model and optimizer tensors, one safetensors file per rank
+  that wrote it, through torch.distributed.checkpoint (training_state.py), so a run resumes
+  on another world size without gathering the optimizer anywhere;
+- trainer_state.json + rng.safetensors: scheduler, optimizer hyperparameters, data
+  cursors, controller state (mu, H*, step) and every rank's RNG states — no pickle anywhere;
 - manifest.json: the SHA-256 of every file, checked before a resume trusts the folder.
-It is written to a hidden temp folder and renamed into place, so a crash or a full disk
-never leaves a half-written checkpoint under a real name.
+Every rank writes its shard into a hidden temp folder that rank 0 names; rank 0 writes the
+rest and renames it into place, so a crash or a full disk never leaves a half-written
+checkpoint under a real name.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from workers.trainer.models import save_model_folder
+from workers.trainer.training_state import SHARDED, load_training_state, save_training_state
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
-OPTIMIZER = "optimizer.safetensors"
+RNG = "rng.safetensors"
 REFERENCE = "reference.safetensors"  # the KL reference's trained weights, once taken after the warm-up
 
 
@@ -40,45 +46,42 @@ def checkpoint_dir(out_dir: Path, step: int) -> Path:
     return out_dir / "checkpoints" / f"step-{step:06d}"
 
 
-def save_checkpoint(
-    out_dir: Path, step: int, run_state: dict, model, tokenizer, optimizer_state: dict, base_source: str,
-    model_state: dict | None = None, rank_rng: dict[str, torch.Tensor] | None = None,
-    reference_state: dict[str, torch.Tensor] | None = None,
-) -> Path:
-    """Write the checkpoint for `step` atomically and return its folder.
+def save_checkpoint(world, out_dir: Path, step: int, run_state: dict, model, tokenizer, optimizer,
+                    base_source: str, reference_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Collective (every rank of `world` calls it): write the checkpoint for `step`
+    atomically and return its folder."""
+    from torch.distributed.checkpoint.api import CheckpointException
 
-    A sharded run passes the gathered full `model_state` (else the model's own is written)
-    and the other ranks' RNG states; the files are the same for every world size."""
     final = checkpoint_dir(out_dir, step)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp = Path(world.write_once(lambda: str(_new_temp(final))))
     try:
-        tmp.mkdir(parents=True)
-        save_model_folder(model, tokenizer, tmp, base_source, state_dict=model_state)
-        tensors, optimizer_meta = _flatten_optimizer(optimizer_state)
-        save_file(tensors, str(tmp / OPTIMIZER))
-        if reference_state is not None:
-            save_file(reference_state, str(tmp / REFERENCE))
-        state = dict(run_state, step=step, optimizer=optimizer_meta, rng=_capture_rng(tmp, rank_rng or {}))
-        (tmp / STATE).write_text(json.dumps(state))
-        _write_manifest(tmp)
-        if final.exists():  # a re-run of the same step after a crash: replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except (OSError, SafetensorError) as error:
-        # safetensors reports a full disk as SafetensorError, not OSError (issue 6, case 8):
-        # either way the partial folder goes, so a full disk leaves no half checkpoint.
+        full_weights = world.full_model_state(model)  # on rank 0, for the Hugging Face folder
+        optimizer_meta = save_training_state(tmp, model, optimizer, collective=world.size > 1)
+        rng_tensors, python_rng = world.gather_rng()
+        state = dict(run_state, step=step, world_size=world.size, optimizer=optimizer_meta, python_rng=python_rng)
+        world.write_once(lambda: _finish(tmp, final, state, rng_tensors, model, tokenizer, base_source, full_weights,
+                                               reference_state))
+    except (OSError, SafetensorError, CheckpointException) as error:
+        # safetensors reports a full disk as SafetensorError, not OSError (issue 6, case 8),
+        # DCP a failed shard write as CheckpointException on every rank: either way the
+        # partial folder goes, so a full disk leaves no half checkpoint.
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not write checkpoint for step {step}: {error}") from error
     return final
 
 
-def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Restore weights, optimizer and RNG from `path`; return the run state to resume from."""
-    verify_checkpoint(path)
+def load_checkpoint(world, path: Path, model, optimizer) -> dict:
+    """Collective: restore weights, optimizer and this rank's RNG from a verified `path`
+    (written by any world size); return the run state to resume from."""
+    world.write_once(lambda: verify_checkpoint(path))  # rank 0 hashes; a failure reaches every rank
     state = json.loads((path / STATE).read_text())
-    _load_weights(model, path)
-    optimizer.load_state_dict(_unflatten_optimizer(load_file(str(path / OPTIMIZER)), state["optimizer"]))
-    restore_rng(state["rng"], path)
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        load_training_state(path, model, optimizer, state["optimizer"], collective=world.size > 1)
+    except (CheckpointException, ValueError, KeyError, RuntimeError) as error:  # missing keys, shapes
+        raise CheckpointError(f"{path.name}: the training state does not fit this run: {error}") from error
+    restore_rng(state, path, world.rank)
     return state
 
 
@@ -94,16 +97,24 @@ def checkpoint_step(path: Path) -> int:
     return int(json.loads((Path(path) / STATE).read_text())["step"])
 
 
-def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """(run state, full model weights, optimizer state) of a verified full-weights checkpoint,
-    read from safetensors and JSON only, for a sharded run to take its shards from."""
-    verify_checkpoint(path)
-    state = json.loads((path / STATE).read_text())
-    weights: dict[str, torch.Tensor] = {}
-    for file in sorted(path.glob("model*.safetensors")):
-        weights.update(load_file(str(file)))
-    optimizer_state = _unflatten_optimizer(load_file(str(path / OPTIMIZER)), state["optimizer"])
-    return state, weights, optimizer_state
+def _new_temp(final: Path) -> Path:
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _finish(tmp: Path, final: Path, state: dict, rng_tensors: dict, model, tokenizer, base_source: str,
+            full_weights: dict | None, reference_state: dict | None) -> None:
+    """Rank 0: the Hugging Face folder, trainer state, RNG, manifest; then the rename."""
+    save_model_folder(model, tokenizer, tmp, base_source, state_dict=full_weights)
+    save_file(rng_tensors, str(tmp / RNG))
+    if reference_state is not None:
+        save_file(reference_state, str(tmp / REFERENCE))
+    (tmp / STATE).write_text(json.dumps(state))
+    _write_manifest(tmp)
+    if final.exists():  # a re-run of the same step after a crash: replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
 
 
 def verify_checkpoint(path: Path) -> None:
@@ -112,6 +123,9 @@ def verify_checkpoint(path: Path) -> None:
     if not manifest_path.is_file():
         raise CheckpointError(f"{path.name}: no manifest, not a complete checkpoint")
     expected = json.loads(manifest_path.read_text())
+    unlisted = {str(p.relative_to(path)) for p in (path / SHARDED).rglob("*") if p.is_file()} - expected.keys()
+    if unlisted:  # the shard reader reads every file there: only the ones this service wrote
+        raise CheckpointError(f"{path.name}: {sorted(unlisted)[0]} is not in the manifest")
     for name, digest in expected.items():
         file = path / name
         if not file.is_file() or _sha256(file) != digest:
@@ -144,61 +158,28 @@ def _write_manifest(folder: Path) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
-def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimizer state dict into named tensors and a JSON-able remainder."""
-    tensors, scalars = {}, {}
-    for index, entry in state_dict["state"].items():
-        for key, value in entry.items():
-            if torch.is_tensor(value):
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{index}.{key}"] = value
-    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict] = {}
-    for name, value in list(tensors.items()) + list(meta["scalars"].items()):
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def _capture_rng(folder: Path, rank_rng: dict[str, torch.Tensor]) -> dict:
-    rng_tensors = {"torch": torch.get_rng_state(), **rank_rng}
-    if torch.cuda.is_available():
-        for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
-            rng_tensors[f"cuda{i}"] = cuda_state
-    save_file(rng_tensors, str(folder / "rng.safetensors"))
-    version, internal, gauss = random.getstate()
-    return {"python": [version, list(internal), gauss], "cuda_devices": torch.cuda.device_count()}
-
-
-def restore_rng(rng: dict, folder: Path) -> dict[str, torch.Tensor]:
-    """Restore this process's RNG (rank 0's); return the other ranks' saved torch states."""
-    tensors = load_file(str(folder / "rng.safetensors"))
-    torch.set_rng_state(tensors["torch"])
-    if torch.cuda.is_available() and rng["cuda_devices"] == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([tensors[f"cuda{i}"] for i in range(rng["cuda_devices"])])
-    version, internal, gauss = rng["python"]
-    random.setstate((version, tuple(internal), gauss))
-    return {name: value for name, value in tensors.items() if name.startswith("torch.rank")}
-
-
-def _load_weights(model, folder: Path) -> None:
-    """Copy saved weights into the live model (full weights, or LoRA adapter weights)."""
-    adapter = folder / "adapter_model.safetensors"
-    if adapter.is_file():
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(str(adapter)))
+def restore_rng(state: dict, folder: Path, rank: int) -> None:
+    """Restore this rank's saved RNG states; a rank the saving run did not have (it ran on
+    fewer ranks) gets a fresh stream of its own, fixed by the step."""
+    tensors = load_file(str(folder / RNG))
+    own = tensors.get(f"torch.rank{rank}")
+    if own is None:
+        seed = int(state["step"]) * 104729 + 7919 * rank
+        torch.manual_seed(seed)
+        random.seed(seed)
         return
-    weights: dict[str, torch.Tensor] = {}
-    for file in sorted(folder.glob("model*.safetensors")):
-        weights.update(load_file(str(file)))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    tied = {k for k in missing if k.endswith("lm_head.weight")} if model.config.tie_word_embeddings else set()
-    if unexpected or set(missing) - tied:
-        raise CheckpointError(f"{folder.name}: weights do not fit the model (missing {sorted(missing)[:3]})")
-    if tied:
-        model.tie_weights()
+    torch.set_rng_state(own)
+    version, internal, gauss = state["python_rng"][rank]
+    random.setstate((version, tuple(internal), gauss))
+    cuda = tensors.get(f"cuda.rank{rank}")
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda)
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], list]:
+    """This process's (torch and CUDA RNG tensors, Python random state as JSON)."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["cuda"] = torch.cuda.get_rng_state()
+    version, internal, gauss = random.getstate()
+    return tensors, [version, list(internal), gauss]

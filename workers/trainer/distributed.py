@@ -21,6 +21,7 @@ so the single-process run is exactly what it was before.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import os
 import random
@@ -71,13 +72,16 @@ class SingleProcess:
     def write_once(self, write: Callable[[], T]) -> T:
         return write()
 
-    def checkpoint_state(self, model, optimizer) -> tuple[dict | None, dict]:
-        """(full model state or None for `model.state_dict()`, full optimizer state)."""
-        return None, optimizer.state_dict()
+    def full_model_state(self, model) -> dict | None:
+        """The full model state for the Hugging Face folder, on rank 0 (None: the model's own)."""
+        return None
 
-    def rank_rng(self) -> dict[str, torch.Tensor]:
-        """Torch RNG states of ranks other than 0 (rank 0's is the checkpoint's own)."""
-        return {}
+    def gather_rng(self) -> tuple[dict[str, torch.Tensor], list]:
+        """Every rank's RNG states: tensors keyed `torch.rank<r>` / `cuda.rank<r>`, and the
+        Python random states in rank order (JSON)."""
+        from workers.trainer.checkpoint import rng_state
+
+        return _by_rank([rng_state()])
 
     def full_parameters(self, model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
         """Full (unsharded) CPU copies of the named parameters; a collective when sharded."""
@@ -88,10 +92,6 @@ class SingleProcess:
         """Copy full tensors (by name) into the model's parameters, or into this rank's shards."""
         model.load_state_dict(tensors, strict=False)
 
-    def load_checkpoint(self, path, model, optimizer) -> dict:
-        from workers.trainer.checkpoint import load_checkpoint
-
-        return load_checkpoint(path, model, optimizer)
 
     def close(self) -> None:
         return None
@@ -193,8 +193,9 @@ class Sharded(SingleProcess):
     def reporter(self, hooks: TrainerHooks) -> TrainerHooks:
         """Rank 0 reports; every rank stops together on rank 0's decision."""
         if self.rank == 0:
-            return TrainerHooks(hooks.on_metrics, hooks.on_checkpoint, lambda: self._broadcast(hooks.should_stop()))
-        return TrainerHooks(should_stop=lambda: self._broadcast(None))
+            return dataclasses.replace(hooks, should_stop=lambda: self._broadcast(hooks.should_stop()))
+        # Other ranks write nothing, but score their own shard with the same judge.
+        return TrainerHooks(should_stop=lambda: self._broadcast(None), judge=hooks.judge)
 
     def write_once(self, write: Callable[[], T]) -> T:
         outcome: list = [None, None]
@@ -208,23 +209,18 @@ class Sharded(SingleProcess):
             raise outcome[1]
         return outcome[0]
 
-    def checkpoint_state(self, model, optimizer) -> tuple[dict | None, dict]:
-        """Full (unsharded) model and optimizer state on rank 0's CPU, in the one-process
-        format (optimizer state keyed by parameter index), so any world size can resume."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    def full_model_state(self, model) -> dict | None:
+        """Gather the full (unsharded) model state onto rank 0's CPU (collective)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model_state = get_model_state_dict(model, options=options)
-        by_name = get_optimizer_state_dict(model, optimizer, options=options)
-        index = {name: i for i, name in enumerate(_trainable_names(model))}
-        state = {index[name]: value for name, value in by_name.get("state", {}).items()}
-        groups = [dict(g, params=[index[n] for n in g["params"]]) for g in by_name.get("param_groups", [])]
-        return model_state, {"state": state, "param_groups": groups}
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
-    def rank_rng(self) -> dict[str, torch.Tensor]:
+    def gather_rng(self) -> tuple[dict[str, torch.Tensor], list]:
+        from workers.trainer.checkpoint import rng_state
+
         states = [None] * self.size
-        self.dist.all_gather_object(states, torch.get_rng_state())
-        return {f"torch.rank{r}": state for r, state in enumerate(states) if r}
+        self.dist.all_gather_object(states, rng_state())
+        return _by_rank(states)
 
     def full_parameters(self, model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
         params = dict(model.named_parameters())
@@ -236,28 +232,6 @@ class Sharded(SingleProcess):
 
         set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True, strict=False))
 
-    def load_checkpoint(self, path, model, optimizer) -> dict:
-        """Every rank reads the verified safetensors files and keeps its own shard."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
-
-        from workers.trainer.checkpoint import read_checkpoint, restore_rng
-
-        state, weights, optimizer_state = read_checkpoint(path)
-        options = StateDictOptions(full_state_dict=True, strict=False)
-        set_model_state_dict(model, weights, options=options)
-        names = _trainable_names(model)
-        by_name = {
-            "state": {names[i]: value for i, value in optimizer_state["state"].items()},
-            "param_groups": [dict(g, params=[names[i] for i in g["params"]]) for g in optimizer_state["param_groups"]],
-        }
-        set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
-        ranks = restore_rng(state["rng"], path)
-        own = ranks.get(f"torch.rank{self.rank}")
-        if self.rank and own is not None:
-            torch.set_rng_state(own)
-        elif self.rank:  # saved on fewer ranks: a fresh stream of its own, fixed by the step
-            torch.manual_seed(int(state["step"]) * 104729 + 7919 * self.rank)
-        return state
 
     def close(self) -> None:
         if self.own_group and self.dist.is_initialized():
@@ -272,9 +246,9 @@ class Sharded(SingleProcess):
         return torch.device("cuda", self.local_rank) if self.dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def _trainable_names(model: torch.nn.Module) -> list[str]:
-    """Names of the optimizer's parameters, in its order (the loop builds it this way)."""
-    return [name for name, p in model.named_parameters() if p.requires_grad]
+def _by_rank(states: list[tuple[dict[str, torch.Tensor], list]]) -> tuple[dict[str, torch.Tensor], list]:
+    tensors = {f"{kind}.rank{rank}": value.cpu() for rank, (own, _) in enumerate(states) for kind, value in own.items()}
+    return tensors, [python for _, python in states]
 
 
 def make_world(device_kind: str, collective_timeout_seconds: float) -> SingleProcess:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import jsonschema
 import regex
 
 from service.grader_specs import (
-    JsonSchemaGrader, MathVerifyGrader, PythonGrader, RegexGrader, StringCheckGrader,
+    JsonSchemaGrader, MathVerifyGrader, ModelGrader, PythonGrader, RegexGrader, StringCheckGrader, render_template,
 )
 from workers.trainer.rewards import is_correct, reward
 
@@ -34,6 +35,15 @@ DEFAULT_FAILURE_LIMIT = 3
 
 class GraderError(RuntimeError):
     """One grader call failed; the message says how (shown to the user in a job event)."""
+
+
+class GraderPartial(GraderError):
+    """Some items of a batch could not be scored: they score 0, the others keep `scores`;
+    reported like a failure but not counted toward `max_consecutive_failures`."""
+
+    def __init__(self, scores: list[float], message: str):
+        super().__init__(message)
+        self.scores = scores
 
 
 class GraderFailed(RuntimeError):
@@ -96,12 +106,61 @@ def score_python(spec: PythonGrader, completions: list[str], columns: Columns) -
     return run_grader(spec.file, completions, columns)
 
 
+def score_model(spec: ModelGrader, completions: list[str], columns: Columns, judge=None) -> list[float]:
+    """The judge's reply to the rendered prompt, parsed by `score_pattern`, / score_max, in [0, 1].
+
+    A reply without a number scores 0; the first such reply is reported (GraderPartial)
+    while the others keep their scores. Every reply unparseable fails the batch.
+    """
+    if judge is None:
+        raise GraderError("a model grader needs a judge client; run the job through the service")
+    prompts = [_judge_prompt(spec.prompt, text, columns, index) for index, text in enumerate(completions)]
+    replies = judge.replies(spec, prompts)
+    if len(replies) != len(completions):
+        raise GraderError(f"the judge answered {len(replies)} of {len(completions)} prompts")
+    pattern = regex.compile(spec.score_pattern)
+    scores, problems = [], []
+    for reply in replies:
+        value = _judge_score(pattern, reply, spec.score_max)
+        scores.append(0.0 if value is None else value)
+        if value is None:
+            problems.append(f"no score in the judge's reply {reply[:200]!r} (score_pattern {spec.score_pattern!r})")
+    if problems and len(problems) == len(replies):
+        raise GraderError(problems[0])
+    if problems:
+        raise GraderPartial(scores, f"{len(problems)} of {len(replies)} replies scored 0: {problems[0]}")
+    return scores
+
+
+def _judge_prompt(template: str, completion: str, columns: Columns, index: int) -> str:
+    values = {key: _as_text(column[index]) for key, column in columns.items() if key != "prompts"}
+    prompt = columns["prompts"][index]
+    values["prompt"] = prompt if isinstance(prompt, str) else "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+    values["completion"] = completion
+    return render_template(template, values)
+
+
+def _judge_score(pattern, reply: str, score_max: float) -> float | None:
+    try:
+        match = pattern.search(reply, timeout=REGEX_TIMEOUT_SECONDS)
+    except TimeoutError:
+        return None
+    if match is None:
+        return None
+    try:
+        number = float(match.group(1) if pattern.groups else match.group(0))
+    except (ValueError, TypeError):
+        return None
+    return min(max(number / score_max, 0.0), 1.0) if math.isfinite(number) else None
+
+
 GRADERS: dict[str, ScoreFn] = {
     "math_verify": score_math_verify,
     "string_check": score_string_check,
     "regex": score_regex,
     "json_schema": score_json_schema,
     "python": score_python,
+    "model": score_model,
 }
 
 
@@ -122,8 +181,10 @@ class Scored:
 class Scorer:
     """A job's graders, resolved once; `score` turns a batch into rewards and metrics."""
 
-    def __init__(self, specs: list, on_failure: Callable[[str, str], None] | None = None):
-        self.graders = [(spec, GRADERS[spec.kind]) for spec in specs]
+    def __init__(self, specs: list, on_failure: Callable[[str, str], None] | None = None, judge=None):
+        # `judge` (workers/judges.py) is how model graders reach their judge model.
+        self.graders = [(spec, partial(score_model, judge=judge) if spec.kind == "model" else GRADERS[spec.kind])
+                        for spec in specs]
         self.total_weight = sum(spec.weight for spec in specs)
         self.on_failure = on_failure or (lambda _name, _message: None)
         self.failures = {spec.label: 0 for spec in specs}
@@ -150,6 +211,10 @@ class Scorer:
     def _call(self, spec, score_fn: ScoreFn, completions: list[str], columns: Columns) -> list[float]:
         try:
             scores = check_scores(score_fn(spec, completions, columns), len(completions))
+        except GraderPartial as partly:
+            self.on_failure(spec.label, f"grader {spec.label} ({spec.kind}): {partly}")
+            self.failures[spec.label] = 0
+            return check_scores(partly.scores, len(completions))
         except Exception as error:  # noqa: BLE001 - any grader failure scores 0 for the batch
             return self._failed(spec, _describe(error), len(completions))
         self.failures[spec.label] = 0

@@ -26,12 +26,18 @@ class TrainerHooks:
     should_stop(): checked once per step; True makes the loop save a checkpoint and return.
     on_event(kind, message): something the user should see that is not a metric (e.g. a
         grader failed on a batch); recorded as a job event.
+    on_samples(step, rows): at eval steps, a few sampled completions with their rewards
+        (workers.trainer.evaluation.sample_rows), for the experiment trackers.
+    judge: how `model` graders reach their judge (workers/judges.py: Judge); None = a
+        Judge of the process's settings with no tenant (URL judges only).
     """
 
     on_metrics: Callable[[Metrics], None] = field(default=_ignore)
     on_checkpoint: Callable[[int, Path], None] = field(default=_ignore)
     should_stop: Callable[[], bool] = field(default=_never)
     on_event: Callable[[str, str], None] = field(default=_ignore)
+    on_samples: Callable[[int, list[dict]], None] = field(default=_ignore)
+    judge: object | None = None
 
 
 @dataclass

@@ -8,8 +8,10 @@ entropy (and, every K steps for AMFT, the meta-gradient), then report metrics.
 
 Metric names per step (the service and plots depend on them): step, phase, mu,
 reward_mean, reward_std, accuracy, zero_signal_frac, sft_loss, rl_loss, loss, entropy,
-target_entropy, meta_grad (meta steps), kl, clip_frac, grad_norm, lr,
+target_entropy, meta_grad (each AMFT main step's sample of m_t), meta_mean, meta_snr and
+meta_samples (the end of each meta window), kl, clip_frac, grad_norm, lr,
 completion_tokens_mean, step_seconds, gen_seconds, train_seconds, tokens_per_second,
+train_tokens (prompt and completion tokens trained on, all ranks),
 reward/<grader name> (each grader's mean score), and eval_accuracy_<split> /
 eval_reward_<split> at eval steps. RL metrics are absent on steps without rollouts.
 
@@ -36,17 +38,19 @@ from service.settings import get_settings
 from service.specs import JobSpec
 from workers.trainer import losses
 from workers.trainer.batching import completion_logits, encode_completion, encode_prompt, pack
-from workers.trainer.checkpoint import read_reference, save_checkpoint
+from workers.trainer.checkpoint import load_checkpoint, read_reference, save_checkpoint
 from workers.trainer.distributed import SingleProcess, make_world
 from workers.trainer.data import BatchStream, load_records, require_completions, require_fields
 from workers.trainer.evaluation import evaluate_splits, load_eval_sets
 from workers.trainer.hooks import Metrics, TrainerHooks, TrainResult
 from workers.trainer.models import load_policy
+from workers.judges import Judge
 from workers.trainer.graders import Scorer
 from workers.trainer.graph_rollout import make_engine
 from workers.trainer.reference import frozen_copy, take_reference, trained_names
 from workers.trainer.rollout import RolloutEngine
-from workers.trainer.schedules import MuSchedule, make_schedule, meta_gradient
+from workers.trainer.meta_gradient import meta_signal
+from workers.trainer.schedules import MuSchedule, make_schedule
 
 
 @dataclass
@@ -68,6 +72,7 @@ class Run:
     world: SingleProcess  # or distributed.Sharded: one rank of a sharded run
     precision: Callable[[], contextlib.AbstractContextManager]  # around every training forward pass
     reference_after: int  # the reference becomes the policy after this step (0: the initial policy)
+    meta_validation: list[torch.Tensor] | None = None  # g_val of the current meta window
 
 
 @dataclass
@@ -110,7 +115,8 @@ def run_steps(run: Run, out_dir: Path, hooks: TrainerHooks, resume_from: Path | 
             take_reference(run.reference, run.model)
         if spec.training.eval_every and (step % spec.training.eval_every == 0 or step == total):
             with run.world.full_weights(run.model):  # every rank scores the full sets
-                point.update(evaluate_splits(run.engine, run.tokenizer, run.eval_sets, spec.training, run.scorer))
+                point.update(evaluate_splits(run.engine, run.tokenizer, run.eval_sets, spec.training, run.scorer,
+                                             lambda rows: hooks.on_samples(step, rows)))  # trackers' table
         hooks.on_metrics(point)
         stopping = hooks.should_stop()
         if step % spec.training.save_every == 0 or step == total or stopping:
@@ -156,8 +162,9 @@ def setup(spec: JobSpec, hooks: TrainerHooks | None = None) -> Run:
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(spec))
     schedule = make_schedule(spec)
     engine = make_engine(model, tokenizer.pad_token_id, tokenizer.eos_token_id, settings.cuda_graph_rollouts)
-    on_event = (hooks or TrainerHooks()).on_event
-    scorer = Scorer(spec.reward, on_failure=lambda _name, message: on_event("grader_failed", message))
+    hooks = hooks or TrainerHooks()
+    judge = hooks.judge or Judge(settings)
+    scorer = Scorer(spec.reward, on_failure=lambda _name, message: hooks.on_event("grader_failed", message), judge=judge)
     streams = _data_streams(spec, schedule, settings, scorer.fields_read())
     eval_sets = load_eval_sets(spec, settings, scorer.fields_read()) if t.eval_every else {}
     precision = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
@@ -234,7 +241,8 @@ def train_step(run: Run, step: int) -> Metrics:
     # num_iterations updates on a step's rollouts (the first is the meta step, if any).
     # One LR-schedule step per step.
     iterations = run.spec.training.num_iterations if rollouts is not None else 1
-    updates = [update(run, mu, sft_batch, rollouts, meta and i == 0) for i in range(iterations)]
+    fresh = run.schedule.wants_validation(step)  # g_val is taken once per meta window
+    updates = [update(run, mu, sft_batch, rollouts, meta and i == 0, fresh) for i in range(iterations)]
     tokens = sum(u.pop("_tokens") for u in updates)
     point.update(_step_stats(updates))
     with warnings.catch_warnings():  # counting a skipped step is intended, not a misordering
@@ -243,17 +251,22 @@ def train_step(run: Run, step: int) -> Metrics:
     train_seconds = time.perf_counter() - train_started
 
     run.schedule.observe(step, point.get("entropy"), point.get("meta_grad"))
+    point.update(run.schedule.metrics())
     if run.schedule.target_entropy is not None:
         point["target_entropy"] = run.schedule.target_entropy
     step_seconds = time.perf_counter() - started
     point.update(step_seconds=step_seconds, gen_seconds=gen_seconds, train_seconds=train_seconds)
     point["tokens_per_second"] = tokens / step_seconds
+    point["train_tokens"] = tokens
     return point
 
 
-def update(run: Run, mu: float, sft_batch, rollouts, meta: bool) -> Metrics:
+def update(run: Run, mu: float, sft_batch, rollouts, meta: bool, fresh_validation: bool) -> Metrics:
     """One optimizer update on the step's batch: backward, clip, AdamW; its statistics."""
-    stats = meta_backward(run, mu, sft_batch, rollouts) if meta else weighted_backward(run, mu, sft_batch, rollouts)
+    if meta:
+        stats = meta_backward(run, mu, sft_batch, rollouts, fresh_validation)
+    else:
+        stats = weighted_backward(run, mu, sft_batch, rollouts)
     params = [p for p in run.model.parameters() if p.requires_grad]
     stats["grad_norm"] = run.world.clip_grad_norm(params, run.spec.training.max_grad_norm)
     # A batch with no learning signal (every group's rewards equal and no SFT term) must not
@@ -328,17 +341,20 @@ def weighted_backward(run: Run, mu: float, sft_batch, rollouts) -> Metrics:
     return stats
 
 
-def meta_backward(run: Run, mu: float, sft_batch, rollouts) -> Metrics:
-    """Like weighted_backward, but keep g_SFT and g_RL apart to compute the meta-gradient m_t."""
+def meta_backward(run: Run, mu: float, sft_batch, rollouts, fresh_validation: bool) -> Metrics:
+    """Like weighted_backward, but keep g_SFT and g_RL apart to compute this step's sample of m_t."""
     params = [p for p in run.model.parameters() if p.requires_grad]
-    g_val = validation_gradient(run, params)
+    if fresh_validation or run.meta_validation is None:  # once per window (and after a resume)
+        run.meta_validation = validation_gradient(run, params)
+    g_val = run.meta_validation
     stats = sft_backward(run, sft_batch, weight=1.0)
     g_sft = take_grads(params)
     stats.update(rl_backward(run, rollouts, weight=1.0))
     g_rl = take_grads(params)
     form, lr = run.spec.controller.meta_form, run.lr_scheduler.get_last_lr()[0]
-    local = run.world.local  # this rank's shards; meta_gradient sums the dots over ranks
-    stats["meta_grad"] = meta_gradient(local(g_val), local(g_sft), local(g_rl), form, lr, run.world.sum)
+    local = run.world.local  # this rank's shards; meta_signal sums the dots over ranks
+    stats["meta_grad"] = meta_signal(form, local(g_val), local(g_sft), local(g_rl), mu, run.optimizer, params,
+                                     run.spec.training.max_grad_norm, lr, local, run.world.sum)
     for p, gs, gr in zip(params, g_sft, g_rl):
         p.grad = gr.mul_(1.0 - mu).add_(gs, alpha=mu)  # in place: no third parameter-sized buffer
     stats["loss"] = mu * stats["sft_loss"] + (1.0 - mu) * stats["rl_loss"]
@@ -442,25 +458,21 @@ def _reference_logprobs(run: Run, part) -> torch.Tensor | None:
 
 def save(run: Run, out_dir: Path, step: int) -> Path:
     """Checkpoint everything a resume needs: weights, optimizer, LR and mu schedules, data
-    cursors, every rank's RNG. Gathering is collective; only rank 0 writes."""
+    cursors, every rank's RNG. Collective: every rank writes its shard, rank 0 the rest."""
     state = {
         "lr_scheduler": run.lr_scheduler.state_dict(),
         "schedule": run.schedule.state_dict(),
         "streams": {name: stream.state_dict() for name, stream in run.streams.items()},
     }
-    model_state, optimizer_state = run.world.checkpoint_state(run.model, run.optimizer)
-    rank_rng = run.world.rank_rng()
     taken = run.reference_after and step >= run.reference_after  # else the reference is the initial model
     reference = run.world.full_parameters(run.reference, trained_names(run.model)) if taken else None
-    return run.world.write_once(lambda: save_checkpoint(
-        out_dir, step, state, run.model, run.tokenizer, optimizer_state, run.spec.model, model_state, rank_rng,
-        reference,
-    ))
+    return save_checkpoint(run.world, out_dir, step, state, run.model, run.tokenizer, run.optimizer, run.spec.model,
+                           reference)
 
 
 def restore(run: Run, path: Path) -> int:
-    """Load a checkpoint into the run; returns the step it was taken after."""
-    state = run.world.load_checkpoint(Path(path), run.model, run.optimizer)
+    """Load a checkpoint (of any world size) into the run; returns the step it was taken after."""
+    state = load_checkpoint(run.world, Path(path), run.model, run.optimizer)
     run.lr_scheduler.load_state_dict(state["lr_scheduler"])
     run.schedule.load_state_dict(state["schedule"])
     for name, stream_state in state["streams"].items():

@@ -8,13 +8,13 @@ Steps are 1-based: step s is the s-th optimizer step.
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
-
-import torch
+from typing import Literal
 
 from service.specs import JobSpec
+from workers.trainer.meta_gradient import MetaWindow
 
 Phase = Literal["warmup", "main"]
+EntropyRule = Literal["below_target", "deviation"]
 
 
 class MuSchedule:
@@ -32,8 +32,16 @@ class MuSchedule:
         return "warmup" if step <= self.warmup_steps else "main"
 
     def wants_meta(self, step: int) -> bool:
-        """Whether this step must compute the meta-gradient."""
+        """Whether this step must compute a sample of the meta-gradient."""
         return False
+
+    def wants_validation(self, step: int) -> bool:
+        """Whether this step must take a fresh validation gradient for its meta samples."""
+        return False
+
+    def metrics(self) -> dict[str, float]:
+        """The schedule's own metrics for the step just observed (AMFT: meta_snr, ...)."""
+        return {}
 
     @property
     def target_entropy(self) -> float | None:
@@ -66,13 +74,18 @@ class ChordSchedule(MuSchedule):
 
 
 class AmftController(MuSchedule):
-    """AMFT: mu <- clip(mu + eta_H (H* - H_t) + [every K steps] eta_meta m_t, mu_min, mu_max).
+    """AMFT: mu <- clip(mu + entropy term + [end of every K-step window] meta move, mu_min, mu_max).
 
-    Entropy below the target raises mu (more imitation), above it lowers mu (more
-    exploration). m_t is the meta-gradient dU/dmu (see meta_gradient); mu ascends it.
-    With target_entropy None, H* is the entropy of the first main step's rollouts: those
-    are sampled by the policy as the warm-up left it, on RL prompts, which is the
-    population H_t is measured on later.
+    Entropy term, every main step (`entropy_rule`): `below_target` is the paper's
+    eta_H (H* - H_t): entropy below the target raises mu, above it lowers mu. `deviation` is
+    eta_H |H_t - H*| / H*: any relative departure from the warm-up's entropy raises mu (more
+    imitation). The stability runs saw collapsing GRPO runs *gain* entropy
+    (bench/results/algorithms_stability.md), which `below_target` answers by lowering mu.
+    With target_entropy None, H* is the entropy of the first main step's rollouts.
+
+    Meta term: every main step adds one sample of m_t = dU/dmu (meta_gradient.py) to the
+    window; at the window's end mu moves by eta_meta up the mean's sign if the mean is at
+    least min_z standard errors from zero (MetaWindow), and the window's snr is reported.
     """
 
     def __init__(
@@ -85,6 +98,8 @@ class AmftController(MuSchedule):
         eta_meta: float,
         meta_interval: int,
         target_entropy: float | None,
+        min_z: float = 0.0,
+        entropy_rule: EntropyRule = "below_target",
     ):
         super().__init__(mu0, warmup_steps)
         self.current = min(max(mu0, mu_min), mu_max)
@@ -92,35 +107,56 @@ class AmftController(MuSchedule):
         self.eta_entropy, self.eta_meta = eta_entropy, eta_meta
         self.meta_interval = meta_interval
         self._target = target_entropy
+        self.window = MetaWindow(min_z)
+        self.entropy_rule = entropy_rule
+        self._report: dict[str, float] = {}
 
     def mu(self, step: int) -> float:
         return 1.0 if step <= self.warmup_steps else self.current
 
     def wants_meta(self, step: int) -> bool:
-        if self.eta_meta == 0 or step <= self.warmup_steps:
-            return False
-        return (step - self.warmup_steps) % self.meta_interval == 0
+        """Every main step samples m_t when the meta term is on."""
+        return self.eta_meta > 0 and step > self.warmup_steps
+
+    def wants_validation(self, step: int) -> bool:
+        """A window's first step takes a fresh validation gradient."""
+        return self.wants_meta(step) and (step - self.warmup_steps - 1) % self.meta_interval == 0
 
     @property
     def target_entropy(self) -> float | None:
         return self._target
 
     def observe(self, step: int, entropy: float | None, meta_grad: float | None) -> None:
-        if step <= self.warmup_steps or entropy is None:
+        self._report = {}
+        if step <= self.warmup_steps:
             return
-        if self._target is None:
-            self._target = entropy
-        delta = self.eta_entropy * (self._target - entropy)
+        delta = 0.0
+        if entropy is not None:
+            if self._target is None:
+                self._target = entropy
+            delta += self.eta_entropy * self._entropy_pull(entropy)
         if meta_grad is not None:
-            delta += self.eta_meta * meta_grad
+            self.window.add(meta_grad)
+        if self.eta_meta > 0 and (step - self.warmup_steps) % self.meta_interval == 0:
+            direction, self._report = self.window.close()
+            delta += self.eta_meta * direction
         self.current = min(max(self.current + delta, self.mu_min), self.mu_max)
 
+    def _entropy_pull(self, entropy: float) -> float:
+        if self.entropy_rule == "deviation":
+            return abs(entropy - self._target) / max(self._target, 1e-8)
+        return self._target - entropy
+
+    def metrics(self) -> dict[str, float]:
+        return self._report
+
     def state_dict(self) -> dict:
-        return {"mu": self.current, "target_entropy": self._target}
+        return {"mu": self.current, "target_entropy": self._target, "meta_samples": list(self.window.samples)}
 
     def load_state_dict(self, state: dict) -> None:
         self.current = state["mu"]
         self._target = state["target_entropy"]
+        self.window.samples = list(state.get("meta_samples", []))
 
 
 # mu = 1 would be absorbing: a step at mu = 1 samples no rollouts, so there is neither an
@@ -135,7 +171,8 @@ def make_schedule(spec: JobSpec) -> MuSchedule:
         target = None if c.target_entropy == "auto" else float(c.target_entropy)
         mu_max = min(c.mu_max, AMFT_MU_CEILING)
         return AmftController(
-            t.warmup_steps, c.mu0, min(c.mu_min, mu_max), mu_max, c.eta_H, c.eta_meta, c.meta_interval, target
+            t.warmup_steps, c.mu0, min(c.mu_min, mu_max), mu_max, c.eta_H, c.eta_meta, c.meta_interval, target,
+            c.meta_min_z, c.entropy_rule,
         )
     if spec.method == "chord":
         return ChordSchedule(t.warmup_steps, t.total_steps, c.mu_max, c.mu_min)
@@ -143,39 +180,3 @@ def make_schedule(spec: JobSpec) -> MuSchedule:
         return MuSchedule(0.0, warmup_steps=t.warmup_steps)
     constant = {"sft": 1.0, "grpo": 0.0, "fixed": c.fixed_mu}[spec.method]
     return MuSchedule(constant)
-
-
-def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    # A sum of per-parameter dots; under sharding, over this rank's shards (see meta_gradient).
-    return float(sum(torch.sum(x.double() * y.double()) for x, y in zip(a, b)))
-
-
-def _no_reduce(values: list[float]) -> list[float]:
-    return values
-
-
-def meta_gradient(
-    g_val: list[torch.Tensor],
-    g_sft: list[torch.Tensor],
-    g_rl: list[torch.Tensor],
-    form: Literal["cosine", "raw"],
-    lr: float,
-    sum_over_ranks: Callable[[list[float]], list[float]] = _no_reduce,
-) -> float:
-    """m_t, the first-order estimate of dU(theta')/dmu for theta' = theta - lr (mu g_SFT + (1-mu) g_RL).
-
-    g_val is the gradient of the validation loss L_val = -U. Differentiating through the
-    look-ahead step: dU/dmu = lr * <g_val, g_SFT - g_RL>, positive when the SFT direction
-    lowers the validation loss more than the RL direction, so mu should rise.
-    `raw` returns that; `cosine` returns cos(g_val, g_SFT) - cos(g_val, g_RL), the same
-    sign but scale-free, so one eta_meta works across learning rates and model sizes.
-    With sharded parameters each rank passes its own shards and `sum_over_ranks` (an
-    all-reduce) turns the five partial dot products into the full ones, on every rank.
-    """
-    pairs = [(g_val, g_sft), (g_val, g_rl), (g_val, g_val), (g_sft, g_sft), (g_rl, g_rl)]
-    dot_sft, dot_rl, sq_val, sq_sft, sq_rl = sum_over_ranks([_dot(a, b) for a, b in pairs])
-    if form == "raw":
-        return lr * (dot_sft - dot_rl)
-    norm_val, norm_sft, norm_rl = math.sqrt(sq_val), math.sqrt(sq_sft), math.sqrt(sq_rl)
-    tiny = 1e-12
-    return dot_sft / (norm_val * norm_sft + tiny) - dot_rl / (norm_val * norm_rl + tiny)

@@ -13,7 +13,10 @@ from workers.inference.vllm_engine import lora_request_args, prompt_input, row_o
 def test_rows_translate_to_sampling_params_and_token_prompts():
     row = Row([5, 6, 7], Sampling(max_tokens=32, temperature=0.7, top_p=0.9, n=3, seed=11, stop=("\n\n",)), seed=12)
     assert sampling_kwargs(row) == {"n": 1, "temperature": 0.7, "top_p": 0.9, "max_tokens": 32, "seed": 12,
-                                    "stop": ["\n\n"], "skip_special_tokens": True}
+                                    "stop": ["\n\n"], "skip_special_tokens": True, "frequency_penalty": 0.0,
+                                    "presence_penalty": 0.0, "logit_bias": None, "logprobs": None, "prompt_logprobs": None}
+    scored = Row([1], Sampling(logprobs=2, echo=True, logit_bias={"7": -100.0}, presence_penalty=0.5), None)
+    assert {"logprobs": 2, "prompt_logprobs": 2, "logit_bias": {7: -100.0}}.items() <= sampling_kwargs(scored).items()
     assert sampling_kwargs(Row([1], Sampling(), None))["stop"] is None
     assert prompt_input(row) == {"prompt_token_ids": [5, 6, 7]}
 
@@ -22,6 +25,9 @@ def test_outputs_and_lora_requests_translate_back(tmp_path):
     out = row_output(SimpleNamespace(token_ids=(1, 2), text="12", finish_reason="length"))
     assert (out.token_ids, out.text, out.finish_reason) == ([1, 2], "12", "length")
     assert row_output(SimpleNamespace(token_ids=(1,), text="", finish_reason="stop")).finish_reason == "stop"
+    ranked = {4: SimpleNamespace(logprob=-0.1, rank=1), 9: SimpleNamespace(logprob=-3.0, rank=2)}
+    scored = row_output(SimpleNamespace(token_ids=(9,), text="9", finish_reason="length", logprobs=[ranked]), top=1)
+    assert scored.logprobs == [{"token": 9, "logprob": -3.0, "top": [[4, -0.1]]}]
     name, lora_id, path = lora_request_args(tmp_path / "step-000010")
     assert name == path == str(tmp_path / "step-000010") and lora_id > 0
     assert lora_request_args(tmp_path / "step-000010")[1] == lora_id  # stable per folder

@@ -59,7 +59,7 @@ def run_program(spec: JobSpec, out: Path, fixed_completions: bool) -> None:
         point = train_step(run, step)
         points.append({k: v for k, v in point.items() if not k.endswith("seconds") and k != "tokens_per_second"})
     (out / f"rank{run.world.rank}.json").write_text(json.dumps(points))
-    model_state, _ = run.world.checkpoint_state(run.model, run.optimizer)
+    model_state = run.world.full_model_state(run.model)
     full = model_state if model_state is not None else run.model.state_dict()
     run.world.write_once(lambda: save_file({k: v.detach().clone().contiguous() for k, v in full.items()}, str(out / "weights.safetensors")))
     run.world.close()

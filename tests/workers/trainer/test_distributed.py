@@ -72,9 +72,11 @@ def test_two_ranks_equal_one_process(method, tmp_path):
 
 def test_resume_on_a_different_world_size_continues_the_curve(tmp_path):
     """One process saves at step 2, 2 ranks resume to step 4 and save, one process resumes
-    that to step 6: the curve is the uninterrupted one (checkpoints hold full weights and
-    optimizer state in one format, so any world size reads them)."""
+    that to step 6: the curve is the uninterrupted one. The training state is sharded
+    (torch.distributed.checkpoint, one safetensors file per saving rank) and each reader
+    re-slices it for its own world size; a tampered shard is refused by the manifest."""
     from tests.workers.trainer.rank_program import train_program
+    from workers.trainer.checkpoint import CheckpointError, verify_checkpoint
 
     def spec_for(total: int) -> dict:
         training = {**SPECS["sft"]["training"], "total_steps": total, "save_every": 2}
@@ -87,12 +89,22 @@ def test_resume_on_a_different_world_size_continues_the_curve(tmp_path):
     train_program(JobSpec.model_validate(spec_for(2)), first, None)
     torchrun(spec_for(4), second, False, extra=("--train", str(first / "checkpoints" / "step-000002")))  # 1 -> 2
     two_ranks = json.loads((second / "points.json").read_text())
-    one_again = train_program(JobSpec.model_validate(spec_for(6)), third, second / "checkpoints" / "step-000004")
+    saved_by_two = second / "checkpoints" / "step-000004"
+    assert sorted(p.name for p in (saved_by_two / "sharded").iterdir()) == [
+        f"shard-0000{r}-model-00001-of-00001.safetensors" for r in (1, 2)]
+    one_again = train_program(JobSpec.model_validate(spec_for(6)), third, saved_by_two)  # 2 -> 1
     assert [p["step"] for p in two_ranks + one_again] == [3, 4, 5, 6]
     for got, want in zip(two_ranks + one_again, reference[2:]):
         print(f"step {got['step']}: loss {got['loss']:.7f} vs uninterrupted {want['loss']:.7f}")
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
         assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
+
+    shard = saved_by_two / "sharded" / "shard-00002-model-00001-of-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-4] + bytes(4))  # rank 1's last values zeroed
+    with pytest.raises(CheckpointError, match="shard-00002.*checksum"):
+        verify_checkpoint(saved_by_two)
+    with pytest.raises(CheckpointError, match="checksum"):
+        train_program(JobSpec.model_validate(spec_for(6)), tmp_path / "refused", saved_by_two)
 
 
 def test_bf16_mixed_precision_and_activation_checkpointing_train_close_to_fp32(tmp_path):

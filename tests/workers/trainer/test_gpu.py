@@ -19,7 +19,7 @@ def test_amft_trains_on_cuda(dtype, tmp_path):
         assert all(math.isfinite(v) for v in p.values() if isinstance(v, float)), p
         assert 0.0 <= p["mu"] <= 1.0
     rng = load_file(str(result.last_checkpoint / "rng.safetensors"))
-    assert "cuda0" in rng
+    assert "cuda.rank0" in rng
 
 
 def test_cuda_resume_matches_uninterrupted_run(tmp_path):

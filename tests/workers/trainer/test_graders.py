@@ -137,3 +137,25 @@ def test_a_failing_grader_scores_zero_reports_and_fails_after_the_limit(monkeypa
     scorer.score(["{}"], [{"prompt": "p"}])
     with pytest.raises(GraderFailed, match="grader rx \\(regex\\) failed 3 batches in a row: ValueError: boom"):
         scorer.score(["{}"], [{"prompt": "p"}])
+
+
+def test_model_grader_template_and_score_parsing():
+    from regex import compile as compile_regex
+
+    from service.grader_specs import render_template
+    from workers.trainer.graders import _judge_score
+
+    spec = parse_graders([{"kind": "model", "model": "base:builtin:tiny", "prompt": "{{ {label} }} {prompt}: {completion}"}])[0]
+    assert spec.fields_read() == {"label"}  # {prompt} and {completion} are not record fields
+    values = {"label": "spam", "prompt": "p", "completion": "c"}
+    assert render_template(spec.prompt, values) == "{ spam } p: c"
+    # Plain substitution: no attribute or index access (str.format would evaluate these).
+    assert render_template("{completion.__class__} {completion[0]} {completion}", values) == "{completion.__class__} {completion[0]} c"
+    first_number = compile_regex(spec.score_pattern)
+    assert [_judge_score(first_number, reply, 10) for reply in ["7.5/10", "Score: 12", "-3", "none", "1e999"]] == [
+        0.75, 1.0, 0.0, None, 0.1]  # clamped to [0, 1]; the first number of "1e999" is 1
+    assert _judge_score(compile_regex(r"(\S+)"), "1e999", 1) is None  # not finite: no score
+    grouped = compile_regex(r"SCORE=(\d+)")
+    assert _judge_score(grouped, "2 of 5, SCORE=4", 5) == 0.8 and _judge_score(grouped, "4", 5) is None
+    with pytest.raises(ValidationError, match="must contain \\{completion\\}"):
+        parse_graders([{"kind": "model", "model": "base:builtin:tiny", "prompt": "{{completion}}"}])

@@ -2,6 +2,8 @@
 
 import json
 
+import math
+
 import pytest
 
 from service.specs import JobSpec
@@ -15,14 +17,14 @@ RL_KEYS = {"reward_mean", "reward_std", "accuracy", "zero_signal_frac", "rl_loss
            "clip_frac", "completion_tokens_mean"}
 
 
-def tiny_spec(method="amft", **training) -> JobSpec:
+def tiny_spec(method="amft", controller=None, **training) -> JobSpec:
     settings = dict(total_steps=10, warmup_steps=2, learning_rate=1e-3, sft_batch_size=4,
                     rl_prompts_per_step=2, num_generations=4, max_completion_tokens=24, save_every=5)
     return JobSpec.model_validate({
         "method": method,
         "model": "builtin:tiny",
         "training": settings | training,
-        "controller": {"meta_interval": 3, "eta_H": 0.01, "fixed_mu": 0.5},
+        "controller": {"meta_interval": 3, "eta_H": 0.01, "fixed_mu": 0.5} | (controller or {}),
     })
 
 
@@ -54,11 +56,17 @@ def test_every_method_runs_ten_steps(method, tmp_path):
         assert all(p["mu"] == 1.0 for p in points[:2])
         assert all(0.05 <= p["mu"] <= 0.95 for p in points[2:])
         assert "target_entropy" in points[-1]
-        assert [p["step"] for p in points if "meta_grad" in p] == [5, 8]
+        # One m_t sample every main step; each K = 3 window's test at its end.
+        assert [p["step"] for p in points if "meta_grad" in p] == list(range(3, 11))
+        assert [p["step"] for p in points if "meta_snr" in p] == [5, 8]
+        assert all(math.isfinite(p["meta_snr"]) and p["meta_samples"] == 3 for p in points if "meta_snr" in p)
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
-    spec = tiny_spec("amft", total_steps=12, save_every=6)
+    # K = 2 with 2 warm-up steps: the checkpoint after step 6 ends a meta window. (A resume in
+    # mid-window takes a fresh validation gradient, so it would not repeat the run exactly.)
+    spec = tiny_spec("amft", controller={"meta_interval": 2, "meta_form": "adam", "meta_min_z": 0.0},
+                     total_steps=12, save_every=6)
     _, straight, _ = run_collecting(spec, tmp_path / "straight")
 
     stopped, first_half, checkpoints = run_collecting(spec, tmp_path / "split", stop_after=6)

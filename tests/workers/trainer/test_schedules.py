@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from service.specs import JobSpec
-from workers.trainer.schedules import AmftController, ChordSchedule, MuSchedule, make_schedule, meta_gradient
+from workers.trainer.meta_gradient import MetaWindow, first_order
+from workers.trainer.schedules import AmftController, ChordSchedule, MuSchedule, make_schedule
 
 
 def controller(**overrides) -> AmftController:
@@ -33,12 +34,42 @@ def test_mu_is_clipped_to_its_bounds():
     assert c.mu(3) == 0.1
 
 
-def test_meta_term_moves_mu_up_its_gradient():
-    c = controller(eta_entropy=0.0, eta_meta=0.2)
+def test_meta_term_moves_mu_up_its_gradient_at_window_end():
+    c = controller(eta_entropy=0.0, eta_meta=0.2, meta_interval=2, min_z=2.0)
     c.observe(1, entropy=1.0, meta_grad=0.5)
-    assert c.mu(2) == pytest.approx(0.6)
-    c.observe(2, entropy=1.0, meta_grad=-1.0)
-    assert c.mu(3) == pytest.approx(0.4)
+    assert c.mu(2) == 0.5  # mid-window: no move
+    c.observe(2, entropy=1.0, meta_grad=0.6)  # mean 0.55, SE 0.05: t = 11
+    assert c.mu(3) == pytest.approx(0.7)
+    assert c.metrics()["meta_snr"] == pytest.approx(11.0)
+    c.observe(3, entropy=1.0, meta_grad=-1.0)
+    c.observe(4, entropy=1.0, meta_grad=-1.2)
+    assert c.mu(5) == pytest.approx(0.5)
+
+
+def test_meta_term_holds_mu_when_the_window_mean_is_within_noise():
+    c = controller(eta_entropy=0.0, eta_meta=0.2, meta_interval=4, min_z=2.0)
+    for step, sample in enumerate([0.5, -0.4, 0.6, -0.5], start=1):
+        c.observe(step, entropy=1.0, meta_grad=sample)
+    assert c.mu(5) == 0.5
+    report = c.metrics()
+    assert abs(report["meta_snr"]) < 2.0 and report["meta_samples"] == 4
+
+
+def test_meta_window_snr_is_mean_over_standard_error():
+    window = MetaWindow(min_z=1.0)
+    for x in (1.0, 2.0, 3.0):
+        window.add(x)
+    direction, report = window.close()
+    # mean 2, sd 1, SE 1/sqrt(3): t = 2 sqrt(3)
+    assert direction == 1 and report["meta_snr"] == pytest.approx(2 * 3**0.5)
+    assert window.close() == (0, {})  # a new, empty window
+
+
+def test_deviation_rule_raises_mu_when_entropy_rises_or_falls():
+    for entropy in (1.5, 0.5):
+        c = controller(entropy_rule="deviation")
+        c.observe(1, entropy=entropy, meta_grad=None)
+        assert c.mu(2) == pytest.approx(0.5 + 0.1 * 0.5)
 
 
 def test_warmup_is_pure_sft_and_auto_target_is_first_main_entropy():
@@ -52,9 +83,10 @@ def test_warmup_is_pure_sft_and_auto_target_is_first_main_entropy():
     assert c.mu(5) == 0.5  # at the target: no entropy pull on the first main step
 
 
-def test_meta_steps_every_k_after_warmup_only_when_enabled():
+def test_meta_samples_every_main_step_and_validation_at_window_starts():
     c = controller(warmup_steps=2, eta_meta=0.1, meta_interval=3)
-    assert [s for s in range(1, 12) if c.wants_meta(s)] == [5, 8, 11]
+    assert [s for s in range(1, 12) if c.wants_meta(s)] == list(range(3, 12))
+    assert [s for s in range(1, 12) if c.wants_validation(s)] == [3, 6, 9]
     assert not any(controller(eta_meta=0.0).wants_meta(s) for s in range(1, 20))
 
 
@@ -108,9 +140,9 @@ def test_meta_gradient_raises_mu_when_sft_direction_lowers_validation_loss(form)
     theta = torch.zeros(2)
     g_val, g_sft, g_rl = quadratic_grads(theta, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]),
                                          val_target=torch.tensor([1.0, 0.0]))
-    m = meta_gradient(g_val, g_sft, g_rl, form, lr=0.1)
+    m = first_order(g_val, g_sft, g_rl, form, lr=0.1)
     assert m > 0
-    c = controller(eta_entropy=0.0, eta_meta=0.1)
+    c = controller(eta_entropy=0.0, eta_meta=0.1, meta_interval=1)
     c.observe(1, entropy=1.0, meta_grad=m)
     assert c.mu(2) > 0.5
 
@@ -120,16 +152,16 @@ def test_meta_gradient_lowers_mu_when_sft_direction_raises_validation_loss(form)
     theta = torch.zeros(2)
     g_val, g_sft, g_rl = quadratic_grads(theta, torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 0.0]),
                                          val_target=torch.tensor([1.0, 0.0]))
-    m = meta_gradient(g_val, g_sft, g_rl, form, lr=0.1)
+    m = first_order(g_val, g_sft, g_rl, form, lr=0.1)
     assert m < 0
-    c = controller(eta_entropy=0.0, eta_meta=0.1)
+    c = controller(eta_entropy=0.0, eta_meta=0.1, meta_interval=1)
     c.observe(1, entropy=1.0, meta_grad=m)
     assert c.mu(2) < 0.5
 
 
 def test_cosine_form_is_bounded_and_scale_free():
     g_val, g_sft, g_rl = [torch.tensor([1.0, 0.0])], [torch.tensor([3.0, 0.0])], [torch.tensor([-1e-6, 0.0])]
-    assert meta_gradient(g_val, g_sft, g_rl, "cosine", lr=1e-6) == pytest.approx(2.0)
+    assert first_order(g_val, g_sft, g_rl, "cosine", lr=1e-6) == pytest.approx(2.0)
 
 
 def test_raw_meta_gradient_matches_finite_difference_of_lookahead_utility():
@@ -161,6 +193,6 @@ def test_raw_meta_gradient_matches_finite_difference_of_lookahead_utility():
             return -loss_on(x_val, y_val, stepped).item()
 
     finite_difference = (utility(mu + h) - utility(mu - h)) / (2 * h)
-    analytic = meta_gradient(g_val, g_sft, g_rl, "raw", lr)
+    analytic = first_order(g_val, g_sft, g_rl, "raw", lr)
     assert analytic != 0
     assert analytic == pytest.approx(finite_difference, rel=0.05)
