@@ -19,7 +19,8 @@ def test_from_mu_one_a_signal_favouring_rl_moves_mu_below_one():
 
 
 def test_meta_steps_still_happen_when_mu_max_is_one():
-    schedule = make_schedule(amft_at_one(eta_meta=0.5, meta_interval=1, eta_H=0.0, target_entropy=1.0))
+    # One sample per window, so no standard error: meta_min_z = 0 lets it move.
+    schedule = make_schedule(amft_at_one(eta_meta=0.5, meta_interval=1, meta_min_z=0.0, eta_H=0.0, target_entropy=1.0))
     assert schedule.mu(3) < 1.0 and schedule.wants_meta(3)
     schedule.observe(3, entropy=1.0, meta_grad=-0.2)  # validation favours the RL direction
     assert schedule.mu(4) < 0.95
