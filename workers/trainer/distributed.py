@@ -92,7 +92,6 @@ class SingleProcess:
         """Copy full tensors (by name) into the model's parameters, or into this rank's shards."""
         model.load_state_dict(tensors, strict=False)
 
-
     def close(self) -> None:
         return None
 

@@ -36,6 +36,7 @@ import torch
 from service.data_checks import validation_fields
 from service.settings import get_settings
 from service.specs import JobSpec
+from workers.judges import Judge
 from workers.trainer import losses
 from workers.trainer.batching import completion_logits, encode_completion, encode_prompt, pack
 from workers.trainer.checkpoint import load_checkpoint, read_reference, save_checkpoint
@@ -43,13 +44,12 @@ from workers.trainer.distributed import SingleProcess, make_world
 from workers.trainer.data import BatchStream, load_records, require_completions, require_fields
 from workers.trainer.evaluation import evaluate_splits, load_eval_sets
 from workers.trainer.hooks import Metrics, TrainerHooks, TrainResult
+from workers.trainer.meta_gradient import meta_signal
 from workers.trainer.models import load_policy
-from workers.judges import Judge
 from workers.trainer.graders import Scorer
 from workers.trainer.graph_rollout import make_engine
 from workers.trainer.reference import frozen_copy, take_reference, trained_names
 from workers.trainer.rollout import RolloutEngine
-from workers.trainer.meta_gradient import meta_signal
 from workers.trainer.schedules import MuSchedule, make_schedule
 
 
