@@ -124,6 +124,9 @@ def test_a_job_with_a_hostile_grader_records_events_keeps_steps_and_fails(pg_api
         spec = {
             **TINY_SPEC,
             "training": {**TINY_SPEC["training"], "total_steps": 6, "save_every": 1},
+            # No meta step: its validation rollouts would be scored by the looper too, and
+            # this test counts the training batches' failures.
+            "controller": {"eta_meta": 0.0},
             "reward": [{"kind": "math_verify"}, {"kind": "python", "name": "looper", "file": grader.json()["source"],
                                                   "max_consecutive_failures": 2}],
         }
