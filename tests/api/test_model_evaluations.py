@@ -1,14 +1,13 @@
 """POST /evaluations: any model /generate accepts, here the untrained base, scored by the
 service's own grader on the inference worker; tenancy and bad references answer 4xx."""
 
-import time
 
 import pytest
 
 from service.auth import authenticate
 from service.db import get_database
 from tests.api.inference_env import InferenceWorker
-from tests.conftest import ApiServer
+from tests.conftest import ApiServer, wait_for
 from tests.inference_helpers import job_without_checkpoint
 from workers.trainer.data import arithmetic_split
 from workers.trainer.rewards import is_correct
@@ -17,13 +16,8 @@ pytestmark = pytest.mark.slow
 
 
 def wait_done(client, evaluation_id, timeout=200):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        data = client.get(f"/evaluations/{evaluation_id}").json()
-        if data["status"] in ("succeeded", "failed"):
-            return data
-        time.sleep(0.3)
-    raise AssertionError("evaluation did not finish")
+    finished = lambda: (data := client.get(f"/evaluations/{evaluation_id}").json())["status"] in ("succeeded", "failed") and data
+    return wait_for(finished, timeout, interval=0.3, what="the evaluation to finish")
 
 
 @pytest.mark.timeout(300)
