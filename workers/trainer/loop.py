@@ -485,7 +485,7 @@ def restore(run: Run, path: Path) -> int:
         run.streams[name].load_state_dict(stream_state)
     if run.reference is not None and (reference := read_tensors(Path(path), REFERENCE)) is not None:
         run.world.load_parameters(run.reference, reference)
-    if (validation := read_tensors(Path(path), META_VALIDATION)) is not None:
+    if (validation := read_tensors(Path(path), META_VALIDATION)) is not None:  # a mid-window checkpoint
         params = [p for p in run.model.parameters() if p.requires_grad]
         run.meta_validation = run.world.shard_like(params, [validation[name] for name in trained_names(run.model)])
     return int(state["step"])
