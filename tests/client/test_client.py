@@ -51,16 +51,22 @@ def test_create_stream_wait_metrics_and_errors(pg_api, pg_workers, tmp_path):
 
 
 class Flaky(BaseHTTPRequestHandler):
-    """Answers 503 (Retry-After: 0) then 429, then 200; counts the requests."""
+    """Answers 503 (Retry-After: 0) then 429, then 200; counts the requests (and keeps each
+    request's body, read in full as a server does, in `bodies`)."""
 
     answers = [(503, {"Retry-After": "0"}), (429, {}), (200, {})]
     seen: list[str] = []
+    bodies: list[bytes] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        self.bodies.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        self.do_GET()
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         status, headers = self.answers[min(len(self.seen), 2)]
         self.seen.append(self.path)
-        body = json.dumps({"jobs": [], "next_cursor": None} if status == 200 else
-                          {"detail": "busy; retry", "problems": ["busy; retry"]}).encode()
+        ok = {"source": "file:" + "a" * 32} if self.command == "POST" else {"jobs": [], "next_cursor": None}
+        body = json.dumps(ok if status == 200 else {"detail": "busy; retry", "problems": ["busy; retry"]}).encode()
         self.send_response(status)
         for name, value in {**headers, "Content-Type": "application/json"}.items():
             self.send_header(name, value)
@@ -72,7 +78,7 @@ class Flaky(BaseHTTPRequestHandler):
         pass
 
 
-def test_retries_429_and_503_then_gives_the_servers_message():
+def test_retries_429_and_503_then_gives_the_servers_message(tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
@@ -87,5 +93,19 @@ def test_retries_429_and_503_then_gives_the_servers_message():
             amft._t.backoff = 0.01
             amft.jobs.list()
         assert error.value.status == 429 and error.value.detail == "busy; retry" and len(Flaky.seen) == 2
+
+        data = tmp_path / "train.jsonl"  # an upload streams the file: each attempt sends all of it again
+        data.write_bytes(b"".join(json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1)}).encode() + b"\n"
+                                  for i in range(5_000)))
+        Flaky.seen, Flaky.bodies = [], []
+        with Client(url, "k") as amft:
+            amft._t.backoff = 0.01
+            assert amft.files.upload(data)["source"] == "file:" + "a" * 32
+        assert len(Flaky.seen) == 3 and Flaky.bodies == [data.read_bytes()] * 3
+        Flaky.seen = []
+        with Client(url, "k", retries=1) as amft, pytest.raises(ApiError) as error:
+            amft._t.backoff = 0.01
+            amft.files.upload(data)
+        assert error.value.status == 429 and len(Flaky.seen) == 2
     finally:
         server.shutdown()
