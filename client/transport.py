@@ -46,7 +46,7 @@ class Transport:
         """Send; on 429/503 (or a connection error) wait and retry up to `retries` times.
         A file `content` is rewound before each attempt: the previous one has read it."""
         body = kwargs.get("content")
-        start = body.tell() if hasattr(body, "seek") else None
+        start = body.tell() if callable(getattr(body, "seekable", None)) and body.seekable() else None
         for attempt in range(self.retries + 1):
             if start is not None:
                 body.seek(start)

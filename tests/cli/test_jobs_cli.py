@@ -121,6 +121,7 @@ def test_watch_exits_3_on_cancelled_and_4_without_a_traceback_when_the_service_i
         dropped = amft_jobs(gone, key, "--retries", "1", "watch", "a" * 32)
     finally:
         server.shutdown()
+    assert f"job {'a' * 32}" in dropped.stdout  # it got the job: the stream is what dropped
     assert dropped.returncode == 4 and "Traceback" not in dropped.stderr, dropped.stderr
     assert dropped.stderr.strip().startswith("amft jobs watch: cannot reach the service")
     assert len(dropped.stderr.strip().splitlines()) == 1
