@@ -1,5 +1,6 @@
-"""The dashboard in a real browser (headless Chromium) against a real service: the API with
-PostgreSQL, Redis and a real Celery train worker running the real tiny model."""
+"""The dashboard in a real browser (headless Chromium) against a real service. The main walk-through
+drives a real `amft serve` subprocess on the embedded default (SQLite, its workers running the real
+tiny model), as a user runs it (issue 18); the others use the API app on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 
 from tests.api.browser import browser, screenshot, sign_in  # noqa: F401 (fixture)
 from tests.conftest import TINY_SPEC
+from tests.serve_process import Serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 LONG_SPEC = {**TINY_SPEC, "training": {**TINY_SPEC["training"], "total_steps": 400, "save_every": 200}}
@@ -27,10 +29,17 @@ def test_served_without_a_key_and_with_a_strict_policy(pg_api):
         assert anonymous.get("/jobs").status_code == 401  # the data still needs a key
 
 
-def test_sign_in_watch_cancel_validate_and_tenancy(pg_api, pg_workers, browser):  # noqa: F811
-    pg_workers.start()
-    alice, bob = pg_api.key("alice"), pg_api.key("bob")
-    with pg_api.client(alice) as client:
+@pytest.fixture
+def served(tmp_path):
+    """A real `amft serve` (its own AMFT_HOME under tmp_path, a free port), ready; always stopped."""
+    with Serve(tmp_path) as serve:
+        serve.wait_ready()
+        yield serve
+
+
+def test_sign_in_watch_cancel_validate_and_tenancy(served, browser):  # noqa: F811
+    alice, bob = served.key("alice"), served.key("bob")
+    with served.client(alice) as client:
         job_id = client.post("/jobs", json=LONG_SPEC).json()["id"]
     # bypass_csp: the page forbids eval, which Playwright's wait_for_function uses to poll
     context = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True)
@@ -38,10 +47,10 @@ def test_sign_in_watch_cancel_validate_and_tenancy(pg_api, pg_workers, browser):
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
 
-    sign_in(page, pg_api.url, "amft_not_a_key")
+    sign_in(page, served.url, "amft_not_a_key")
     assert "not accepted" in page.locator("#sign-in-status").inner_text(timeout=10_000)
 
-    sign_in(page, pg_api.url, alice)
+    sign_in(page, served.url, alice)
     row = page.locator(f'tr[data-job="{job_id}"]')
     row.wait_for(timeout=15_000)
     assert "amft" in row.inner_text() and "builtin:tiny" in row.inner_text()
@@ -63,10 +72,10 @@ def test_sign_in_watch_cancel_validate_and_tenancy(pg_api, pg_workers, browser):
     page.once("dialog", lambda dialog: dialog.accept())
     page.locator("#cancel-job").click()
     page.wait_for_function("document.querySelector('#job-header')?.innerText.includes('cancelled')", timeout=120_000)
-    with pg_api.client(alice) as client:
+    with served.client(alice) as client:
         assert client.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
 
-    page.goto(f"{pg_api.url}/ui/#/new")
+    page.goto(f"{served.url}/ui/#/new")
     page.get_by_label("Job spec (YAML or JSON)").fill("method: amft\ntraining:\n  total_steps: 0\n")
     page.get_by_role("button", name="Submit job").click()
     problem = page.locator('#spec-errors li[data-field="training.total_steps"]')
@@ -74,11 +83,11 @@ def test_sign_in_watch_cancel_validate_and_tenancy(pg_api, pg_workers, browser):
     assert "line 3" in problem.inner_text()
 
     page.get_by_role("button", name="Sign out").click()
-    sign_in(page, pg_api.url, bob)
+    sign_in(page, served.url, bob)
     page.locator("#jobs-table tbody tr").first.wait_for(timeout=10_000)
     assert "No jobs yet" in page.locator("#jobs-table").inner_text()
     assert page.locator(f'tr[data-job="{job_id}"]').count() == 0
-    page.goto(f"{pg_api.url}/ui/#/job/{job_id}")
+    page.goto(f"{served.url}/ui/#/job/{job_id}")
     page.wait_for_function("document.querySelector('#job-header')?.innerText.includes('No job')", timeout=10_000)
     assert errors == []
     context.close()

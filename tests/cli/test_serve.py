@@ -3,58 +3,34 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import ROOT, wait_for
+from tests.serve_process import Serve, alive, amft, amft_env, readyz, worker_pids
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 
-def amft_env(tmp_path) -> tuple[dict, int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AMFT_")}
-    return {**env, "AMFT_HOME": str(tmp_path / "home"), "AMFT_API_PORT": str(port)}, port
-
-
-def amft(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli.main", *args]
-
-
 def test_serve_keys_and_ctrl_c(tmp_path):
-    env, port = amft_env(tmp_path)
-    serve = subprocess.Popen(amft("serve"), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    serve = Serve(tmp_path)
     try:
-        url = f"http://127.0.0.1:{port}"
-
-        def ready():
-            try:
-                return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, 60, what="amft serve to be ready")
-        key = subprocess.run(amft("keys", "create", "--tenant", "me"), cwd=ROOT, env=env, capture_output=True,
-                             text=True, check=True).stdout.strip()
+        serve.wait_ready(60)
+        key = serve.key("me")
         assert key.startswith("amft_")
-        assert httpx.get(f"{url}/jobs", headers={"Authorization": f"Bearer {key}"}).json() == {"jobs": [], "next_cursor": None}
-        serve.send_signal(signal.SIGINT)  # Ctrl-C
-        output, _ = serve.communicate(timeout=90)
-        assert serve.returncode == 0, output
-        assert "amft serve: stopped" in output
+        with serve.client(key) as client:
+            assert client.get("/jobs").json() == {"jobs": [], "next_cursor": None}
+        serve.proc.send_signal(signal.SIGINT)  # Ctrl-C
+        serve.proc.wait(timeout=90)
+        assert serve.proc.returncode == 0, serve.output()
+        assert "amft serve: stopped" in serve.output()
         assert (tmp_path / "home" / "amft.db").exists() and (tmp_path / "home" / "broker.db").exists()
     finally:
-        if serve.poll() is None:
-            serve.kill()
+        serve.close()
 
 
 def test_demo_trains_and_streams(tmp_path):
@@ -73,15 +49,6 @@ def test_demo_trains_and_streams(tmp_path):
 SUPERVISION_ENV = {"AMFT_WORKER_HEARTBEAT_SECONDS": "0.5", "AMFT_WORKER_STALE_SECONDS": "3"}
 
 
-def _alive(pid: int) -> bool:
-    """The process exists and is not a zombie (an exited child its new parent has not reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _children(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -94,65 +61,20 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _worker_pids(log: Path) -> dict[str, int]:
-    """The newest pid `amft serve` printed for each worker."""
-    pids = {}
-    for line in log.read_text().splitlines():
-        if match := re.match(r"amft serve: (\w+) worker pid (\d+)", line):
-            pids[match.group(1)] = int(match.group(2))
-    return pids
-
-
-def _readyz(url: str) -> tuple[int, dict]:
-    try:
-        response = httpx.get(f"{url}/readyz", timeout=5)
-        return response.status_code, response.json()
-    except (httpx.HTTPError, ValueError):
-        return 0, {}
-
-
-class Serve:
-    """`amft serve` as a subprocess, its output in a file (read while it runs)."""
-
-    def __init__(self, tmp_path: Path):
-        env, self.port = amft_env(tmp_path)
-        self.env = {**env, **SUPERVISION_ENV}
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp_path / "serve.out"
-        self.proc = subprocess.Popen(amft("serve"), cwd=ROOT, env=self.env, stdout=self.log.open("w"),
-                                     stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 180) -> dict:
-        return wait_for(lambda: (r := _readyz(self.url))[0] == 200 and r[1], timeout, interval=0.5,
-                        what=f"amft serve to be ready; output:\n{self.log.read_text()[-3000:]}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def test_13_12_kill_9_of_serve_leaves_no_orphan_workers(tmp_path, record):
-    serve = Serve(tmp_path)
+    serve = Serve(tmp_path, SUPERVISION_ENV)
     try:
         ready = serve.wait_ready()
         assert ready["checks"]["worker:train"] == "ok" and ready["checks"]["worker:inference"] == "ok", ready
-        mains = _worker_pids(serve.log)
+        mains = worker_pids(serve.log)
         assert set(mains) == {"train", "inference"}, serve.log.read_text()
         pool = wait_for(lambda: _children(mains["train"]), 60, what="the train worker's pool child")
         pids = [*mains.values(), *pool]
         os.kill(serve.proc.pid, signal.SIGKILL)
         serve.proc.wait(timeout=30)
-        wait_for(lambda: not any(_alive(pid) for pid in pids), 120, what=f"the workers {pids} to exit")
+        wait_for(lambda: not any(alive(pid) for pid in pids), 120, what=f"the workers {pids} to exit")
     finally:
-        serve.close()
-        for pid in [*_worker_pids(serve.log).values()]:  # never leave one behind if the test failed
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        serve.close()  # also kills any worker left behind if the test failed
     record("13.12-orphans", "kill -9 of `amft serve` with its train worker (and pool child) and inference worker up",
            "no worker outlives it (PR_SET_PDEATHSIG)",
            f"all {len(pids)} worker processes (2 Celery main processes, {len(pool)} pool child) exited; none orphaned")
@@ -163,14 +85,14 @@ def test_13_12_dead_train_worker_is_restarted_and_readyz_follows(tmp_path, recor
     from service.db import get_database
     from tests.conftest import TINY_SPEC
 
-    serve = Serve(tmp_path)
+    serve = Serve(tmp_path, SUPERVISION_ENV)
     try:
         serve.wait_ready()
-        train = _worker_pids(serve.log)["train"]
+        train = worker_pids(serve.log)["train"]
         # A frozen worker (no heartbeat) makes /readyz say which queue is unserved; thawed, ready again.
         os.killpg(train, signal.SIGSTOP)
         try:
-            down = wait_for(lambda: (r := _readyz(serve.url))[0] == 503 and r[1], 60, interval=0.5,
+            down = wait_for(lambda: (r := readyz(serve.url))[0] == 503 and r[1], 60, interval=0.5,
                             what="/readyz to report the train queue unserved")
         finally:
             os.killpg(train, signal.SIGCONT)
@@ -180,10 +102,10 @@ def test_13_12_dead_train_worker_is_restarted_and_readyz_follows(tmp_path, recor
         # kill -9 of the train worker: logged, restarted with a new pid, its pool child gone too.
         pool = wait_for(lambda: _children(train), 60, what="the train worker's pool child")
         os.kill(train, signal.SIGKILL)
-        wait_for(lambda: _worker_pids(serve.log)["train"] != train, 60,
+        wait_for(lambda: worker_pids(serve.log)["train"] != train, 60,
                  what=f"a restarted train worker; output:\n{serve.log.read_text()[-3000:]}")
         assert f"train worker (pid {train}) exited with signal SIGKILL; restarting in" in serve.log.read_text()
-        wait_for(lambda: not any(_alive(pid) for pid in pool), 60, what="the killed worker's pool child to exit")
+        wait_for(lambda: not any(alive(pid) for pid in pool), 60, what="the killed worker's pool child to exit")
         serve.wait_ready(120)
         # ... and a job still runs to success on the restarted worker.
         key = create_key(get_database(f"sqlite:///{tmp_path / 'home' / 'amft.db'}"), "me")[0]
