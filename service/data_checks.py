@@ -2,7 +2,8 @@
 
 The validation stream feeds the meta-gradient's utility (DESIGN §2): `reward` scores sampled
 completions with the job's graders, so every record needs the fields they read (`answer` for
-math_verify); `nll` needs the expert `completion`. A stream without them used to fail with a
+math_verify); `nll` needs the expert `completion`. The bandit controller scores greedy
+completions with the graders, so it needs their fields too. A stream without them used to fail with a
 KeyError at the first meta step, minutes into a run; `POST /jobs` now answers one line
 naming the field and the dataset. Built-in sources have fixed fields; an uploaded file is
 read (one line at a time); a hub dataset is only known when loaded, so the trainer repeats
@@ -27,15 +28,24 @@ BUILTIN_FIELDS = {
 }
 
 
+def reads_validation(spec: JobSpec) -> bool:
+    """Whether the job reads datasets.validation: AMFT's meta step, or its bandit controller."""
+    c = spec.controller
+    return spec.method == "amft" and (c.kind == "bandit" or c.eta_meta > 0)
+
+
 def validation_fields(spec: JobSpec) -> dict[str, str]:
     """{field: what needs it} for the validation stream; empty when the job never reads it."""
     c = spec.controller
-    if spec.method != "amft" or c.eta_meta == 0:
+    if not reads_validation(spec):
         return {}
-    if c.meta_utility == "nll":
+    if c.kind == "bandit":
+        use = "the bandit's held-out accuracy (controller.kind)"
+    elif c.meta_utility == "nll":
         return {"completion": "the meta-gradient's nll utility (controller.meta_utility)"}
-    return {name: f"the meta-gradient's reward utility (grader {g.label} reads it)"
-            for g in spec.reward for name in sorted(g.fields_read())}
+    else:
+        use = "the meta-gradient's reward utility"
+    return {name: f"{use} (grader {g.label} reads it)" for g in spec.reward for name in sorted(g.fields_read())}
 
 
 def check_validation_data(spec: JobSpec, artifacts_dir: Path | None) -> None:

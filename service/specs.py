@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -209,7 +209,8 @@ class ControllerSpec(Strict):
         0.1, ge=0.0, description="amft: how far mu moves at the end of a meta window that passes the test (0 disables it)."
     )
     meta_interval: int = Field(
-        20, ge=1, description="amft: K, the steps per meta window (one m_t sample each; mu moves at its end)."
+        20, ge=1, description="amft: K, the steps per meta window (one m_t sample each; mu moves at its end); the "
+        "bandit's steps per arm choice.",
     )
     meta_form: Literal["adam", "raw", "cosine"] = Field(
         "cosine",
@@ -234,6 +235,26 @@ class ControllerSpec(Strict):
         "auto", description="H*: 'auto' measures it on rollouts at the end of warm-up, or a number in nats."
     )
     fixed_mu: float = Field(0.5, ge=0.0, le=1.0, description="fixed: the constant mu.")
+    kind: Literal["meta_gradient", "bandit"] = Field(
+        "meta_gradient",
+        description="amft: how mu is learned. 'meta_gradient': the entropy and meta terms above; 'bandit': one "
+        "of bandit_arms per meta_interval-step window, picked by discounted UCB on the window's gain in greedy "
+        "accuracy on bandit_eval_items validation items (the metric users read).",
+    )
+    bandit_arms: list[Annotated[float, Field(ge=0.0, le=0.999)]] = Field(
+        [0.5, 0.7, 0.8, 0.9], min_length=2, max_length=8, description="bandit: the mu values it chooses among."
+    )
+    bandit_eval_items: int = Field(
+        64, ge=1, le=1000, description="bandit: validation items scored greedily at every window's end."
+    )
+    bandit_exploration: float = Field(
+        0.02, ge=0.0, le=1.0,
+        description="bandit: UCB's exploration bonus scale, in accuracy (fraction) per window.",
+    )
+    bandit_discount: float = Field(
+        0.8, gt=0.0, le=1.0,
+        description="bandit: weight kept per window by older gains (below 1 tracks a best mu that moves).",
+    )
 
     @field_validator("target_entropy")
     @classmethod

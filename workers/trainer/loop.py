@@ -9,7 +9,8 @@ entropy (and, every K steps for AMFT, the meta-gradient), then report metrics.
 Metric names per step (the service and plots depend on them): step, phase, mu,
 reward_mean, reward_std, accuracy, zero_signal_frac, sft_loss, rl_loss, loss, entropy,
 target_entropy, meta_grad (each AMFT main step's sample of m_t), meta_mean, meta_snr and
-meta_samples (the end of each meta window), kl, clip_frac, grad_norm, lr,
+meta_samples (the end of each meta window), bandit_score and bandit_gain (the bandit
+controller's window ends), kl, clip_frac, grad_norm, lr,
 completion_tokens_mean, step_seconds, gen_seconds, train_seconds, tokens_per_second,
 train_tokens (prompt and completion tokens trained on, all ranks),
 reward/<grader name> (each grader's mean score), and eval_accuracy_<split> /
@@ -33,7 +34,7 @@ from typing import Callable
 
 import torch
 
-from service.data_checks import validation_fields
+from service.data_checks import reads_validation, validation_fields
 from service.settings import get_settings
 from service.specs import JobSpec
 from workers.judges import Judge
@@ -188,7 +189,7 @@ def _data_streams(spec: JobSpec, schedule: MuSchedule, settings, graded_fields: 
         rl = load_records(spec.datasets.rl, settings)
         require_fields(rl, graded_fields, "datasets.rl")
         streams["rl"] = BatchStream(rl, seed + 1)
-    if spec.method == "amft" and spec.controller.eta_meta > 0:
+    if reads_validation(spec):  # the meta step's utility or the bandit's held-out score
         validation = load_records(spec.datasets.validation, settings)
         # Checked at POST /jobs where it can be; a hub dataset is first seen here.
         require_fields(validation, set(validation_fields(spec)), "datasets.validation")
@@ -250,7 +251,8 @@ def train_step(run: Run, step: int) -> Metrics:
         run.lr_scheduler.step()
     train_seconds = time.perf_counter() - train_started
 
-    run.schedule.observe(step, point.get("entropy"), point.get("meta_grad"))
+    score = held_out_accuracy(run) if run.schedule.wants_score(step) else None
+    run.schedule.observe(step, point.get("entropy"), point.get("meta_grad"), score)
     point.update(run.schedule.metrics())
     if run.schedule.target_entropy is not None:
         point["target_entropy"] = run.schedule.target_entropy
@@ -376,6 +378,14 @@ def validation_gradient(run: Run, params: list[torch.nn.Parameter]) -> list[torc
         rollouts.advantages = (centred - centred.mean(dim=1, keepdim=True)).flatten()
         rl_backward(run, rollouts, weight=1.0, with_kl=False)
     return take_grads(params)
+
+
+def held_out_accuracy(run: Run) -> float:
+    """Greedy accuracy on the first bandit_eval_items validation records (the bandit's reward)."""
+    records = run.streams["validation"].records[: run.spec.controller.bandit_eval_items]
+    with run.world.full_weights(run.model):
+        scores = evaluate_splits(run.engine, run.tokenizer, {"held_out": records}, run.spec.training, run.scorer)
+    return scores["eval_accuracy_held_out"]
 
 
 def take_grads(params: list[torch.nn.Parameter]) -> list[torch.Tensor]:

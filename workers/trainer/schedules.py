@@ -39,6 +39,10 @@ class MuSchedule:
         """Whether this step must take a fresh validation gradient for its meta samples."""
         return False
 
+    def wants_score(self, step: int) -> bool:
+        """Whether this step must end with greedy accuracy on held-out items (the bandit's reward)."""
+        return False
+
     def metrics(self) -> dict[str, float]:
         """The schedule's own metrics for the step just observed (AMFT: meta_snr, ...)."""
         return {}
@@ -47,8 +51,10 @@ class MuSchedule:
     def target_entropy(self) -> float | None:
         return None
 
-    def observe(self, step: int, entropy: float | None, meta_grad: float | None) -> None:
-        """Take this step's rollout entropy (and meta-gradient) after the step; no-op here."""
+    def observe(self, step: int, entropy: float | None, meta_grad: float | None,
+                held_out_accuracy: float | None = None) -> None:
+        """Take this step's rollout entropy, meta-gradient sample and held-out score (each
+        None where the step has none) after the step; no-op here."""
 
     def state_dict(self) -> dict:
         return {}
@@ -126,7 +132,8 @@ class AmftController(MuSchedule):
     def target_entropy(self) -> float | None:
         return self._target
 
-    def observe(self, step: int, entropy: float | None, meta_grad: float | None) -> None:
+    def observe(self, step: int, entropy: float | None, meta_grad: float | None,
+                held_out_accuracy: float | None = None) -> None:
         self._report = {}
         if step <= self.warmup_steps:
             return
@@ -167,6 +174,11 @@ AMFT_MU_CEILING = 1.0 - 1e-3
 def make_schedule(spec: JobSpec) -> MuSchedule:
     """The schedule for the spec's method, chosen once at setup."""
     t, c = spec.training, spec.controller
+    if spec.method == "amft" and c.kind == "bandit":
+        from workers.trainer.bandit import BanditController  # it subclasses MuSchedule
+
+        return BanditController(t.warmup_steps, c.bandit_arms, c.meta_interval, c.bandit_exploration,
+                                c.bandit_discount)
     if spec.method == "amft":
         target = None if c.target_entropy == "auto" else float(c.target_entropy)
         mu_max = min(c.mu_max, AMFT_MU_CEILING)
