@@ -2,6 +2,7 @@
 
 Connection: --url / AMFT_URL (default http://127.0.0.1:AMFT_API_PORT) and --key / AMFT_API_KEY.
 `watch` (and `submit --watch`) exit with the job's outcome: 0 succeeded, 1 failed, 3 cancelled.
+Any command exits 4, with a one-line message, when the service cannot be reached (after --retries).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import sys
 from pathlib import Path
 
 EXIT_CODES = {"succeeded": 0, "failed": 1, "cancelled": 3}
+UNREACHABLE = 4
 
 
 def add_connection(parser) -> None:
     parser.add_argument("--url", default=os.environ.get("AMFT_URL"), help="Service URL (default AMFT_URL).")
     parser.add_argument("--key", default=os.environ.get("AMFT_API_KEY"), help="API key (default AMFT_API_KEY).")
+    parser.add_argument("--retries", type=int, default=5,
+                        help="Retries, with backoff, of a busy (429/503) or unreachable service (default 5).")
 
 
 def add_parser(subparsers) -> None:
@@ -69,10 +73,19 @@ def connect(args):
         from service.settings import get_settings
 
         args.url = f"http://127.0.0.1:{get_settings().api_port}"
-    return Client(args.url, args.key)
+    return Client(args.url, args.key, retries=max(args.retries, 0))
+
+
+def unreachable(command: str, error: Exception) -> int:
+    """One line, no traceback, for a service that could not be reached (or dropped us)."""
+    reason = " ".join(str(error).split()) or type(error).__name__
+    print(f"{command}: cannot reach the service: {reason}", file=sys.stderr)
+    return UNREACHABLE
 
 
 def run(args) -> int:
+    import httpx
+
     from client import ApiError
 
     try:
@@ -83,9 +96,13 @@ def run(args) -> int:
         for problem in error.problems if len(error.problems) > 1 else []:
             print(f"  {problem}", file=sys.stderr)
         return 1
+    except (httpx.HTTPError, httpx.InvalidURL) as error:
+        return unreachable(f"amft jobs {args.action}", error)
 
 
 def run_files(args) -> int:
+    import httpx
+
     from client import ApiError
 
     try:
@@ -98,6 +115,8 @@ def run_files(args) -> int:
     except ApiError as error:
         print(f"amft files {args.file_action}: {error.detail}", file=sys.stderr)
         return 1
+    except (httpx.HTTPError, httpx.InvalidURL) as error:
+        return unreachable(f"amft files {args.file_action}", error)
     except OSError as error:
         sys.exit(f"amft files upload: cannot read {args.path}: {error}")
     print(answer["source"])

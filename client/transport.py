@@ -43,8 +43,13 @@ class Transport:
         self.retries, self.backoff, self.max_wait = retries, backoff, max_wait
 
     def request(self, method: str, path: str, **kwargs) -> httpx.Response:
-        """Send; on 429/503 (or a connection error) wait and retry up to `retries` times."""
+        """Send; on 429/503 (or a connection error) wait and retry up to `retries` times.
+        A file `content` is rewound before each attempt: the previous one has read it."""
+        body = kwargs.get("content")
+        start = body.tell() if callable(getattr(body, "seekable", None)) and body.seekable() else None
         for attempt in range(self.retries + 1):
+            if start is not None:
+                body.seek(start)
             try:
                 response = self.http.request(method, path, **kwargs)
             except httpx.TransportError:
@@ -87,11 +92,15 @@ class Transport:
                         yield message
                         if message["event"] == "end":
                             return
-            except httpx.TransportError:
-                failures += 1
-                if failures > self.retries:
-                    raise
-                time.sleep(self._delay(failures - 1, None))
+                # Closed before `end` (a proxy, an `error` message): reconnect, but with backoff,
+                # so a server that keeps closing at once is not hammered in a tight loop.
+                dropped: Exception = httpx.RemoteProtocolError(f"the event stream of {path} closed before its end")
+            except httpx.TransportError as error:
+                dropped = error
+            failures += 1
+            if failures > self.retries:
+                raise dropped
+            time.sleep(self._delay(failures - 1, None))
 
     def close(self) -> None:
         self.http.close()

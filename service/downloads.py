@@ -28,7 +28,9 @@ from service.models import Checkpoint, Job
 
 BLOCK = 512
 CHUNK = 1 << 20  # bytes read from disk per chunk
-TRAINER_ONLY = {"optimizer.safetensors", "trainer_state.json", "rng.safetensors", "manifest.json"}
+# Resume state, not model: never in a download (workers/trainer/checkpoint.py names them).
+TRAINER_ONLY = {"optimizer.safetensors", "trainer_state.json", "rng.safetensors", "manifest.json",
+                "reference.safetensors", "meta_validation.safetensors"}
 MERGED_FOLDER = "merged"  # inside a LoRA checkpoint: the merged full model, once built
 FORMATS = ("full", "adapter", "merged")
 RANGE = re.compile(r"bytes=(\d*)-(\d*)")  # fullmatch

@@ -85,7 +85,9 @@ def test_sign_in_watch_cancel_validate_and_tenancy(pg_api, pg_workers, browser):
 
 
 def test_compare_two_jobs_and_upload_a_dataset(pg_api, browser, tmp_path):  # noqa: F811
-    """Two jobs' points written through the worker's own write path, overlaid on the compare page."""
+    """Two jobs' points written through the worker's own write path, overlaid on the compare page,
+    which offers every metric they recorded (here also eval_accuracy_id, at eval steps only, and a
+    grader's reward/exact), not a fixed list."""
     from service import lifecycle, metrics
     from service.auth import authenticate
     from service.db import get_database
@@ -95,12 +97,14 @@ def test_compare_two_jobs_and_upload_a_dataset(pg_api, browser, tmp_path):  # no
     key = pg_api.key("carol")
     tenant = authenticate(db, key).tenant_id
     jobs = []
-    for method in ("amft", "sft_then_grpo"):
+    for method, eval_steps in (("amft", (5,)), ("sft_then_grpo", (3, 5))):
         job, _ = lifecycle.create_job(db, tenant, JobSpec.model_validate({**TINY_SPEC, "method": method}),
                                       None, lambda _id: None, 3)
         held = lifecycle.claim(db, job.id, "test-writer", lease_seconds=300)
         for step in range(1, 6):
-            metrics.record_step(db, held, {"step": step, "mu": 0.5, "reward_mean": step / 10})
+            evaluated = {"eval_accuracy_id": step / 8} if step in eval_steps else {}
+            metrics.record_step(db, held, {"step": step, "mu": 0.5, "reward_mean": step / 10,
+                                           "reward/exact": step / 10, **evaluated})
         jobs.append(job.id)
     context = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=True)
     page = context.new_page()
@@ -112,7 +116,14 @@ def test_compare_two_jobs_and_upload_a_dataset(pg_api, browser, tmp_path):  # no
     page.get_by_label("Metric").select_option("reward_mean")
     page.get_by_role("button", name="Overlay").click()
     page.wait_for_function("window.__amft.compare?.jobs === 2", timeout=15_000)
-    assert page.evaluate("window.__amft.compare.metric") == "reward_mean"
+    compared = page.evaluate("window.__amft.compare")
+    assert compared["metric"] == "reward_mean" and compared["points"] == [5, 5]
+    assert {"eval_accuracy_id", "reward/exact"} <= set(compared["names"])
+    page.get_by_label("Metric").select_option("eval_accuracy_id")
+    page.get_by_role("button", name="Overlay").click()
+    page.wait_for_function("window.__amft.compare.metric === 'eval_accuracy_id'", timeout=15_000)
+    compared = page.evaluate("window.__amft.compare")
+    assert dict(zip(compared["ids"], compared["points"])) == {jobs[0]: 1, jobs[1]: 2}  # each job's eval steps
 
     page.goto(f"{pg_api.url}/ui/#/new")
     data = tmp_path / "mine.jsonl"

@@ -7,8 +7,12 @@ import csv
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -76,3 +80,57 @@ def test_submit_watch_metrics_generate_upload_and_a_failing_job(pg_api, pg_worke
     rejected = amft_jobs(pg_api, key, "submit", str(invalid))
     assert rejected.returncode == 1 and "training.total_steps" in rejected.stderr
     assert amft_jobs(pg_api, "amft_wrong", "list").returncode == 1
+
+
+class GoneMidStream(BaseHTTPRequestHandler):
+    """A service that goes away under a watcher: GET /jobs/{id} answers a running job, and its
+    event stream promises a body, then the connection drops (every time it is reopened)."""
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        if self.path.split("?")[0].endswith("/events"):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b": ping\n\n")
+            return  # HTTP/1.0: the connection closes 992 bytes short
+        body = json.dumps({"id": "a" * 32, "status": "running", "progress": {"step": 1, "total_steps": 4}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args):
+        pass
+
+
+def test_watch_exits_3_on_cancelled_and_4_without_a_traceback_when_the_service_is_gone(pg_api, tmp_path):
+    key = pg_api.key("alice")
+    with pg_api.client(key) as client:  # no worker: the queued job is cancelled at once
+        job_id = client.post("/jobs", json=TINY_SPEC).json()["id"]
+        assert client.post(f"/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    cancelled = amft_jobs(pg_api, key, "watch", job_id)
+    assert cancelled.returncode == 3, cancelled.stdout + cancelled.stderr
+    assert "cancelled" in cancelled.stdout
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), GoneMidStream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        gone = SimpleNamespace(url=f"http://127.0.0.1:{server.server_address[1]}")
+        dropped = amft_jobs(gone, key, "--retries", "1", "watch", "a" * 32)
+    finally:
+        server.shutdown()
+    assert f"job {'a' * 32}" in dropped.stdout  # it got the job: the stream is what dropped
+    assert dropped.returncode == 4 and "Traceback" not in dropped.stderr, dropped.stderr
+    assert dropped.stderr.strip().startswith("amft jobs watch: cannot reach the service")
+    assert len(dropped.stderr.strip().splitlines()) == 1
+
+    with socket.socket() as sock:  # a port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        nobody = SimpleNamespace(url=f"http://127.0.0.1:{sock.getsockname()[1]}")
+    data = tmp_path / "mine.jsonl"
+    data.write_text('{"prompt": "1+1=", "answer": "2"}\n')
+    upload = amft_jobs(nobody, key, "--retries", "0", "files", "upload", str(data))
+    assert upload.returncode == 4 and "Traceback" not in upload.stderr, upload.stderr
+    assert len(upload.stderr.strip().splitlines()) == 1 and "cannot reach the service" in upload.stderr

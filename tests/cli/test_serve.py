@@ -62,6 +62,7 @@ def test_demo_trains_and_streams(tmp_path):
     demo = subprocess.run(amft("demo", "--steps", "4"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=360)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     lines = demo.stdout.splitlines()
+    assert any(line.startswith(f"dashboard: http://127.0.0.1:{port}/ui/") for line in lines), demo.stdout
     assert [line.split()[1] for line in lines if line.startswith("step ")] == ["1/4", "2/4", "3/4", "4/4"]
     assert any("mu" in line and "ETA" in line for line in lines)
     assert any(line.strip().startswith("checkpoint step 4:") for line in lines)

@@ -51,8 +51,8 @@ FAULT_SPEC = {
     "model": "builtin:tiny",
     "training": {"total_steps": 12, "warmup_steps": 2, "save_every": 4, "sft_batch_size": 2,
                  "rl_prompts_per_step": 2, "num_generations": 2, "max_completion_tokens": 12},
-    # Windows of 2 end at steps 4, 8, 12, where checkpoints fall: a resume mid-window takes a
-    # fresh validation gradient, so only a window-end checkpoint replays the curve exactly.
+    # Windows of 2 end at steps 4, 8, 12, where checkpoints fall (a mid-window checkpoint would
+    # replay too: it keeps the window's validation gradient; tests/workers/trainer/test_loop.py).
     "controller": {"meta_interval": 2},
 }
 

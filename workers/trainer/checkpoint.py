@@ -9,6 +9,9 @@ A checkpoint folder `checkpoints/step-000050/` holds:
   on another world size without gathering the optimizer anywhere;
 - trainer_state.json + rng.safetensors: scheduler, optimizer hyperparameters, data
   cursors, controller state (mu, H*, step) and every rank's RNG states — no pickle anywhere;
+- reference.safetensors (the KL reference, once taken after the warm-up) and
+  meta_validation.safetensors (the current meta window's validation gradient, when the
+  checkpoint falls mid-window): full tensors by parameter name, readable by any world size;
 - manifest.json: the SHA-256 of every file, checked before a resume trusts the folder.
 Every rank writes its shard into a hidden temp folder that rank 0 names; rank 0 writes the
 rest and renames it into place, so a crash or a full disk never leaves a half-written
@@ -36,6 +39,7 @@ MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
 RNG = "rng.safetensors"
 REFERENCE = "reference.safetensors"  # the KL reference's trained weights, once taken after the warm-up
+META_VALIDATION = "meta_validation.safetensors"  # g_val of the meta window a checkpoint falls inside
 
 
 class CheckpointError(RuntimeError):
@@ -47,9 +51,10 @@ def checkpoint_dir(out_dir: Path, step: int) -> Path:
 
 
 def save_checkpoint(world, out_dir: Path, step: int, run_state: dict, model, tokenizer, optimizer,
-                    base_source: str, reference_state: dict[str, torch.Tensor] | None = None) -> Path:
+                    base_source: str, tensor_files: dict[str, dict[str, torch.Tensor] | None] | None = None) -> Path:
     """Collective (every rank of `world` calls it): write the checkpoint for `step`
-    atomically and return its folder."""
+    atomically and return its folder. `tensor_files` maps a file name (REFERENCE,
+    META_VALIDATION) to the full tensors rank 0 writes there; None entries are skipped."""
     from torch.distributed.checkpoint.api import CheckpointException
 
     final = checkpoint_dir(out_dir, step)
@@ -60,7 +65,7 @@ def save_checkpoint(world, out_dir: Path, step: int, run_state: dict, model, tok
         rng_tensors, python_rng = world.gather_rng()
         state = dict(run_state, step=step, world_size=world.size, optimizer=optimizer_meta, python_rng=python_rng)
         world.write_once(lambda: _finish(tmp, final, state, rng_tensors, model, tokenizer, base_source, full_weights,
-                                               reference_state))
+                                               tensor_files or {}))
     except (OSError, SafetensorError, CheckpointException) as error:
         # safetensors reports a full disk as SafetensorError, not OSError (issue 6, case 8),
         # DCP a failed shard write as CheckpointException on every rank: either way the
@@ -85,10 +90,10 @@ def load_checkpoint(world, path: Path, model, optimizer) -> dict:
     return state
 
 
-def read_reference(path: Path) -> dict[str, torch.Tensor] | None:
-    """The KL reference's saved weights (by parameter name), or None when the reference is
-    the initial model; the folder was verified by the resume that reads it."""
-    file = Path(path) / REFERENCE
+def read_tensors(path: Path, name: str) -> dict[str, torch.Tensor] | None:
+    """A checkpoint's tensor file by parameter name (REFERENCE, META_VALIDATION), or None when
+    the run did not need it then; the folder was verified by the resume that reads it."""
+    file = Path(path) / name
     return load_file(str(file)) if file.is_file() else None
 
 
@@ -104,12 +109,13 @@ def _new_temp(final: Path) -> Path:
 
 
 def _finish(tmp: Path, final: Path, state: dict, rng_tensors: dict, model, tokenizer, base_source: str,
-            full_weights: dict | None, reference_state: dict | None) -> None:
+            full_weights: dict | None, tensor_files: dict[str, dict | None]) -> None:
     """Rank 0: the Hugging Face folder, trainer state, RNG, manifest; then the rename."""
     save_model_folder(model, tokenizer, tmp, base_source, state_dict=full_weights)
     save_file(rng_tensors, str(tmp / RNG))
-    if reference_state is not None:
-        save_file(reference_state, str(tmp / REFERENCE))
+    for name, tensors in tensor_files.items():
+        if tensors is not None:
+            save_file(tensors, str(tmp / name))
     (tmp / STATE).write_text(json.dumps(state))
     _write_manifest(tmp)
     if final.exists():  # a re-run of the same step after a crash: replace it

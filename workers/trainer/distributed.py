@@ -92,6 +92,16 @@ class SingleProcess:
         """Copy full tensors (by name) into the model's parameters, or into this rank's shards."""
         model.load_state_dict(tensors, strict=False)
 
+    def full_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Full (unsharded) contiguous CPU copies of parameter-shaped tensors (gradients, by
+        name) for a checkpoint; a collective when sharded."""
+        return {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+
+    def shard_like(self, params: list[torch.nn.Parameter], tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Full tensors (one per parameter, as `full_tensors` wrote them) laid out like the
+        parameters: on their device, or as this rank's shards of them."""
+        return [t.to(device=p.device, dtype=p.dtype) for p, t in zip(params, tensors, strict=True)]
+
     def close(self) -> None:
         return None
 
@@ -231,6 +241,25 @@ class Sharded(SingleProcess):
 
         set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True, strict=False))
 
+    def full_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # full_tensor() all-gathers: every rank calls it, in the same (name) order.
+        return {name: (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu().contiguous()
+                for name, t in tensors.items()}
+
+    def shard_like(self, params: list[torch.nn.Parameter], tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        out = []
+        for p, full in zip(params, tensors, strict=True):
+            if not isinstance(p, DTensor):
+                out.append(full.to(device=p.device, dtype=p.dtype))
+                continue
+            # Every rank read the same full tensor: each slices its own shard, no communication.
+            local = distribute_tensor(full.to(p.dtype), p.device_mesh, p.placements, src_data_rank=None).to_local()
+            # The shard's device is the parameter's (CPU when FSDP2 offloads), as a gradient's is.
+            out.append(DTensor.from_local(local.to(p.to_local().device), p.device_mesh, p.placements, run_check=False,
+                                          shape=p.shape, stride=p.stride()))
+        return out
 
     def close(self) -> None:
         if self.own_group and self.dist.is_initialized():

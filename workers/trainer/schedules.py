@@ -39,6 +39,11 @@ class MuSchedule:
         """Whether this step must take a fresh validation gradient for its meta samples."""
         return False
 
+    def reuses_validation(self, step: int) -> bool:
+        """Whether step's meta samples use the validation gradient an earlier step took
+        (a checkpoint before it must keep that gradient for a resume to replay the window)."""
+        return self.wants_meta(step) and not self.wants_validation(step)
+
     def wants_score(self, step: int) -> bool:
         """Whether this step must end with greedy accuracy on held-out items (the bandit's reward)."""
         return False

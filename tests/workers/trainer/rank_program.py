@@ -1,6 +1,6 @@
 """One rank of the equivalence tests (run by torchrun, or alone as the one-process reference).
 
-usage: python rank_program.py SPEC_JSON OUT_DIR [--fixed-completions | --train [RESUME_DIR]]
+usage: python rank_program.py SPEC_JSON OUT_DIR [--fixed-completions] [--train [RESUME_DIR]]
 
 Runs the spec's steps through the real loop (`setup` + `train_step`), writes every step's
 metrics to OUT_DIR/rank<r>.json and, from rank 0, the final full weights to
@@ -21,7 +21,7 @@ from service.specs import JobSpec
 from workers.trainer.batching import encode_prompt
 from workers.trainer.data import load_records
 from workers.trainer.hooks import TrainerHooks
-from workers.trainer.loop import setup, train, train_step
+from workers.trainer.loop import Run, run_steps, setup, train_step
 
 
 class FixedEngine:
@@ -48,12 +48,7 @@ def run_program(spec: JobSpec, out: Path, fixed_completions: bool) -> None:
     """Run the spec's steps, writing per-rank metrics and rank 0's final weights to `out`."""
     run = setup(spec)
     if fixed_completions:
-        from service.settings import get_settings
-
-        t = spec.training
-        records = load_records(spec.datasets.rl, get_settings()) + load_records(spec.datasets.validation, get_settings())
-        answers = {tuple(encode_prompt(run.tokenizer, r["prompt"], t.max_prompt_tokens)): r["answer"] for r in records}
-        run.engine = FixedEngine(run.tokenizer, answers)
+        fix_completions(run)
     points = []
     for step in range(1, spec.training.total_steps + 1):
         point = train_step(run, step)
@@ -65,10 +60,27 @@ def run_program(spec: JobSpec, out: Path, fixed_completions: bool) -> None:
     run.world.close()
 
 
-def train_program(spec: JobSpec, out: Path, resume: Path | None) -> list[dict]:
-    """The whole `train` (checkpoints under out, resumable); rank 0's metrics to out/points.json."""
+def fix_completions(run: Run) -> None:
+    """Replace the run's rollout engine with a FixedEngine for its RL and validation prompts."""
+    from service.settings import get_settings
+
+    spec, t = run.spec, run.spec.training
+    records = load_records(spec.datasets.rl, get_settings()) + load_records(spec.datasets.validation, get_settings())
+    answers = {tuple(encode_prompt(run.tokenizer, r["prompt"], t.max_prompt_tokens)): r["answer"] for r in records}
+    run.engine = FixedEngine(run.tokenizer, answers)
+
+
+def train_program(spec: JobSpec, out: Path, resume: Path | None, fixed_completions: bool = False) -> list[dict]:
+    """The whole run as `train` runs it (checkpoints under out, resumable); rank 0's metrics
+    to out/points.json."""
     points: list[dict] = []
-    train(spec, out, TrainerHooks(on_metrics=points.append), resume_from=resume)
+    run = setup(spec)
+    if fixed_completions:
+        fix_completions(run)
+    try:
+        run_steps(run, out, run.world.reporter(TrainerHooks(on_metrics=points.append)), resume)
+    finally:
+        run.world.close()
     if points:  # rank 0 only: the others' hooks are no-ops
         (out / "points.json").write_text(json.dumps(points))
     return points
@@ -77,7 +89,7 @@ def train_program(spec: JobSpec, out: Path, resume: Path | None) -> list[dict]:
 if __name__ == "__main__":
     spec_arg, out_arg = JobSpec.model_validate(json.loads(Path(sys.argv[1]).read_text())), Path(sys.argv[2])
     if "--train" in sys.argv:
-        rest = sys.argv[sys.argv.index("--train") + 1:]
-        train_program(spec_arg, out_arg, Path(rest[0]) if rest else None)
+        rest = [arg for arg in sys.argv[sys.argv.index("--train") + 1:] if not arg.startswith("--")]
+        train_program(spec_arg, out_arg, Path(rest[0]) if rest else None, "--fixed-completions" in sys.argv)
     else:
         run_program(spec_arg, out_arg, "--fixed-completions" in sys.argv)

@@ -107,6 +107,36 @@ def test_resume_on_a_different_world_size_continues_the_curve(tmp_path):
         train_program(JobSpec.model_validate(spec_for(6)), tmp_path / "refused", saved_by_two)
 
 
+def test_resume_mid_meta_window_on_a_different_world_size_replays_the_window(tmp_path):
+    """AMFT with K = 2 after 1 warm-up step (windows 2-3, 4-5) saves after steps 2 and 4, both
+    mid-window. One process saves at 2, 2 ranks resume it (each takes its shard of the
+    window's validation gradient), run to 5 and save at 4 (gathering it), one process resumes
+    that: mu and every m_t sample are the uninterrupted run's (fixed completions, so the
+    ranks' own samplers do not matter)."""
+    from tests.workers.trainer.rank_program import train_program
+    from workers.trainer.checkpoint import META_VALIDATION
+
+    training = {**SPECS["amft"]["training"], "total_steps": 5, "save_every": 2}
+    raw = {"model": "builtin:tiny", "resources": {"devices": 2}, **SPECS["amft"], "training": training,
+           "controller": {**SPECS["amft"]["controller"], "meta_interval": 2, "meta_form": "adam", "meta_min_z": 0.0}}
+    spec = JobSpec.model_validate(raw)
+    straight, two, one = (tmp_path / name for name in ("straight", "two", "one"))
+    for folder in (straight, two, one):
+        folder.mkdir()
+    reference = train_program(spec, straight, None, fixed_completions=True)
+    torchrun(raw, two, True, extra=("--train", str(straight / "checkpoints" / "step-000002")))  # 1 -> 2
+    saved_by_two = two / "checkpoints" / "step-000004"
+    assert (saved_by_two / META_VALIDATION).is_file()
+    by_two = json.loads((two / "points.json").read_text())
+    by_one = train_program(spec, one, saved_by_two, True)  # 2 -> 1
+    assert [p["step"] for p in by_two] == [3, 4, 5] and [p["step"] for p in by_one] == [5]
+    for got in by_two + by_one:
+        want = reference[got["step"] - 1]
+        print(f"step {got['step']}: mu {got['mu']} meta_grad {got['meta_grad']:.7f} vs {want['meta_grad']:.7f}")
+        for key in ("mu", "meta_grad", "loss"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (got["step"], key)
+
+
 def test_bf16_mixed_precision_and_activation_checkpointing_train_close_to_fp32(tmp_path):
     """The memory options are real FSDP2/HF settings on the same loop: bf16 compute stays
     within bf16 rounding of the fp32 curve (cpu_offload is CUDA-only: a no-op on CPU)."""

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from service.specs import JobSpec
-from workers.trainer.checkpoint import CheckpointError, latest_valid_checkpoint, verify_checkpoint
+from workers.trainer.checkpoint import META_VALIDATION, CheckpointError, latest_valid_checkpoint, verify_checkpoint
 from workers.trainer.hooks import TrainerHooks
 from workers.trainer.loop import train
 
@@ -63,21 +63,42 @@ def test_every_method_runs_ten_steps(method, tmp_path):
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
-    # K = 2 with 2 warm-up steps: the checkpoint after step 6 ends a meta window. (A resume in
-    # mid-window takes a fresh validation gradient, so it would not repeat the run exactly.)
+    # K = 2 with 2 warm-up steps: the checkpoint after step 6 ends a meta window, so it keeps
+    # no validation gradient (the next step takes a fresh one).
     spec = tiny_spec("amft", controller={"meta_interval": 2, "meta_form": "adam", "meta_min_z": 0.0},
                      total_steps=12, save_every=6)
     _, straight, _ = run_collecting(spec, tmp_path / "straight")
 
     stopped, first_half, checkpoints = run_collecting(spec, tmp_path / "split", stop_after=6)
     assert stopped.status == "stopped" and checkpoints[-1][0] == 6
+    assert not (checkpoints[-1][1] / META_VALIDATION).exists()
     resumed, second_half, _ = run_collecting(spec, tmp_path / "split", resume_from=checkpoints[-1][1])
     assert resumed.status == "completed"
+    assert_same_curve(straight, first_half + second_half, 12)
 
-    split = first_half + second_half
-    assert [p["step"] for p in split] == list(range(1, 13))
+
+def test_resume_mid_window_replays_the_window(tmp_path):
+    # K = 3 after 2 warm-up steps: windows are steps 3-5 and 6-8, so the checkpoint after step
+    # 4 falls mid-window. It keeps the window's validation gradient, which step 5's m_t sample
+    # (and so the window's move of mu) must use for the resumed run to be the straight one.
+    spec = tiny_spec("amft", controller={"meta_interval": 3, "meta_form": "adam", "meta_min_z": 0.0, "eta_meta": 0.1},
+                     total_steps=8, save_every=4)
+    _, straight, checkpoints = run_collecting(spec, tmp_path / "straight")
+    (_, mid), (_, last) = checkpoints
+    assert json.loads((mid / "manifest.json").read_text()).keys() >= {META_VALIDATION}
+    assert not (last / META_VALIDATION).exists()  # a completed run is not resumed
+    resumed, second_half, _ = run_collecting(spec, tmp_path / "resumed", resume_from=mid)
+    assert resumed.status == "completed"
+    assert [p["step"] for p in second_half] == [5, 6, 7, 8]
+    assert len({p["mu"] for p in straight[2:]}) > 2 and "meta_snr" in straight[4]
+    assert_same_curve(straight, straight[:4] + second_half, 8)
+
+
+def assert_same_curve(straight, split, steps):
+    assert [p["step"] for p in split] == list(range(1, steps + 1))
     for a, b in zip(straight, split):
-        for key in ("mu", "loss", "sft_loss", "rl_loss", "reward_mean", "entropy", "meta_grad", "grad_norm"):
+        for key in ("mu", "loss", "sft_loss", "rl_loss", "reward_mean", "entropy", "meta_grad", "meta_mean",
+                    "grad_norm"):
             assert (key in a) == (key in b)
             if key in a:
                 assert a[key] == pytest.approx(b[key], abs=1e-6), f"step {a['step']} {key}"
