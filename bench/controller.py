@@ -35,7 +35,7 @@ from bench.algorithms_config import BASE_MODEL, TIER1_CONTROLLER, TIER1_DATASETS
 
 RESULTS = Path(__file__).parent / "results"
 STEPS, WARMUP, SEEDS, TUNE_SEED = 80, 10, (0, 1, 2), 0
-LEARNING_RATES = (3e-6, 1e-5, 3e-5)
+LEARNING_RATES = (1e-6, 3e-6, 1e-5, 3e-5)
 CONSTANT_MUS = (0.5, 0.7, 0.8, 0.9)
 FINAL_ITEMS, VAL_ITEMS, CURVE_ITEMS = 200, 200, 100
 TASKS = {"arith16": 16, "arith300": 300}  # expert demonstrations (train[:n])
@@ -206,6 +206,7 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/amft-controller")
     parser.add_argument("--tasks", nargs="*", default=list(TASKS))
     parser.add_argument("--arms", nargs="*", default=list(arms()))
+    parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     parser.add_argument("--report-only", action="store_true", help="Summarise the finished runs in --work.")
     args = parser.parse_args()
     from bench.algorithms_runner import configure_env, install_committed_base
@@ -220,7 +221,7 @@ def main() -> None:
         tuning = run_all([(TUNE_TASK, a, lr, TUNE_SEED) for a in args.arms for lr in LEARNING_RATES], work, args.jobs)
         picks = pick_learning_rates(tuning, args.arms)
         for task in args.tasks:
-            run_all([(task, a, picks[a], s) for s in SEEDS for a in args.arms], work, args.jobs)
+            run_all([(task, a, picks[a], s) for s in args.seeds for a in args.arms], work, args.jobs)
     records = [json.loads(p.read_text()) for p in sorted((work / "runs").glob("*.json"))]
     summary = summarise(records, list(arms()))
     RESULTS.mkdir(exist_ok=True)
