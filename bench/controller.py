@@ -188,9 +188,10 @@ def tuning_table(records: list[dict]) -> dict[str, dict[str, float]]:
     return table
 
 
-def run_all(jobs: list[tuple], work: Path, workers: int) -> list[dict]:
+def run_all(jobs: list[tuple], work: Path, workers: int, run=None) -> list[dict]:
+    """Run `run(*job, work)` (default run_one) for every job, `workers` processes at a time."""
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [(job, pool.submit(run_one, *job, str(work))) for job in jobs]
+        futures = [(job, pool.submit(run or run_one, *job, str(work))) for job in jobs]
         records = []
         for job, future in futures:
             record = future.result()
@@ -198,6 +199,15 @@ def run_all(jobs: list[tuple], work: Path, workers: int) -> list[dict]:
             print(f"done {job}: {100 * sum(record['scores']) / len(record['scores']):.1f}% "
                   f"({record['wall_seconds']:.0f} s)", flush=True)
     return records
+
+
+def write_results(stem: str, summary: dict, records: list[dict], markdown) -> None:
+    """bench/results/<stem>.json (summary and every run) and <stem>.md; prints the page."""
+    RESULTS.mkdir(exist_ok=True)
+    wall = sum(r["wall_seconds"] for r in records)
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"summary": summary, "wall_seconds": wall, "runs": records}))
+    (RESULTS / f"{stem}.md").write_text(markdown(summary, wall))
+    print(markdown(summary, wall))
 
 
 def main() -> None:
@@ -223,12 +233,7 @@ def main() -> None:
         for task in args.tasks:
             run_all([(task, a, picks[a], s) for s in args.seeds for a in args.arms], work, args.jobs)
     records = [json.loads(p.read_text()) for p in sorted((work / "runs").glob("*.json"))]
-    summary = summarise(records, list(arms()))
-    RESULTS.mkdir(exist_ok=True)
-    wall = sum(r["wall_seconds"] for r in records)
-    (RESULTS / "controller.json").write_text(json.dumps({"summary": summary, "wall_seconds": wall, "runs": records}))
-    (RESULTS / "controller.md").write_text(markdown(summary, wall))
-    print(markdown(summary, wall))
+    write_results("controller", summarise(records, list(arms())), records, markdown)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from bench.algorithms_config import BASE_MODEL, TIER1_CONTROLLER, TIER1_DATASETS, TIER1_TRAINING
-from bench.controller import paired, train_and_score
+from bench.controller import paired, run_all, train_and_score, write_results
 
-RESULTS = Path(__file__).parent / "results"
 STEPS, WARMUP, SEEDS, MU0, ETA_H = 60, 10, (0,), 0.1, 0.05
 COLLAPSE_LR, SAFE_LR = 3e-4, 1e-5
 FINAL_ITEMS, CURVE_ITEMS, CURVE_EVERY = 200, 100, 20
@@ -130,16 +127,9 @@ def main() -> None:
     install_committed_base(work)
     jobs = [(a, lr, s) for lr in (COLLAPSE_LR, SAFE_LR) for s in SEEDS for a in ARMS]
     if not args.report_only:
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for job, future in [(job, pool.submit(run_one, *job, str(work))) for job in jobs]:
-                record = future.result()
-                print(f"done {job}: {100 * sum(record['scores']) / len(record['scores']):.1f}%", flush=True)
+        run_all(jobs, work, args.jobs, run_one)
     records = [json.loads(p.read_text()) for p in sorted((work / "runs").glob("entropy-*.json"))]
-    summary = summarise(records)
-    wall = sum(r["wall_seconds"] for r in records)
-    (RESULTS / "entropy_rule.json").write_text(json.dumps({"summary": summary, "wall_seconds": wall, "runs": records}))
-    (RESULTS / "entropy_rule.md").write_text(markdown(summary, wall))
-    print(markdown(summary, wall))
+    write_results("entropy_rule", summarise(records), records, markdown)
 
 
 if __name__ == "__main__":
