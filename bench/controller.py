@@ -111,6 +111,19 @@ def train_and_score(key: str, spec: dict, work: Path, items: dict[str, list[dict
             "steps": [{k: p[k] for k in KEPT_METRICS if k in p} for p in points]}
 
 
+def base_accuracy(work: Path) -> dict[str, float]:
+    """The committed base's greedy accuracy (%) on the same ID and validation items; cached."""
+    from bench.algorithms_runner import evaluate_model
+    from workers.trainer.data import arithmetic_split
+
+    out = work / "base.json"
+    if not out.is_file():
+        items = {"id": list(arithmetic_split("id"))[:FINAL_ITEMS], "val": list(arithmetic_split("validation"))[:VAL_ITEMS]}
+        scores = evaluate_model(f"local:{BASE_MODEL}", items, work, "cpu")
+        out.write_text(json.dumps({name: 100 * sum(v) / len(v) for name, v in scores.items()}))
+    return json.loads(out.read_text())
+
+
 def paired(a: list[int], b: list[int]) -> tuple[float, float]:
     """Mean of a - b over paired items, and its standard error (points)."""
     diffs = [x - y for x, y in zip(a, b)]
@@ -155,7 +168,7 @@ def task_summary(runs: dict[str, list[dict]], seeds: list[int]) -> dict:
     best = max(constants, key=lambda a: accuracy[a])
     best_mid = max(constants, key=lambda a: sum(mid[a]))
     entry = {"seeds": seeds, "items": len(scores[best]), "accuracy": accuracy,
-             "mid_accuracy": {a: sum(v) / len(v) for a, v in mid.items()}, "best_constant": best,
+             "mid_accuracy": {a: sum(v) / len(v) for a, v in mid.items()}, "mid_per_seed": mid, "best_constant": best,
              "best_constant_mid": best_mid,
              "constants_vs_best": {a: paired(scores[a], scores[best]) for a in constants if a != best},
              "controllers_vs_best": {a: paired(scores[a], scores[best]) for a in runs if a not in constants},
@@ -233,7 +246,8 @@ def main() -> None:
         for task in args.tasks:
             run_all([(task, a, picks[a], s) for s in args.seeds for a in args.arms], work, args.jobs)
     records = [json.loads(p.read_text()) for p in sorted((work / "runs").glob("*.json"))]
-    write_results("controller", summarise(records, list(arms())), records, markdown)
+    summary = summarise(records, list(arms())) | {"base": base_accuracy(work)}
+    write_results("controller", summary, records, markdown)
 
 
 if __name__ == "__main__":

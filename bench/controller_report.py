@@ -17,7 +17,9 @@ def markdown(summary: dict, wall: float) -> str:
              f"{list(LEARNING_RATES)} on {TUNE_TASK}, seed {TUNE_SEED}, by greedy accuracy on {VAL_ITEMS} validation "
              f"items; final score = greedy on the first {FINAL_ITEMS} ID test items per seed (paired across arms); "
              f"midpoint = step {STEPS // 2} on {CURVE_ITEMS} items.",
-             f"AMFT: {json.dumps(AMFT)}. Bandit: {json.dumps(BANDIT)}.", "",
+             f"AMFT: {json.dumps(AMFT)}. Bandit: {json.dumps(BANDIT)}.",
+             f"The base before training: ID {summary['base']['id']:.1f}%, validation {summary['base']['val']:.1f}% "
+             "(same items).", "",
              "<!-- findings -->", "<!-- /findings -->", "",
              f"## Learning-rate tuning ({TUNE_TASK}, seed {TUNE_SEED}, validation accuracy %)", ""]
     rates = [f"{lr:g}" for lr in LEARNING_RATES]
@@ -35,9 +37,11 @@ def markdown(summary: dict, wall: float) -> str:
 
 def task_section(task: str, e: dict) -> list[str]:
     lines = [f"## {task} ({TASKS[task]} demonstrations; seeds {e['seeds']})", "",
-             "| arm | mid ID % | final ID % | extra completions per run | train min per run |", "|---|---|---|---|---|"]
+             "| arm | mid ID % (per seed) | final ID % | extra completions per run | train min per run |",
+             "|---|---|---|---|---|"]
     for arm, acc in e["accuracy"].items():
-        lines.append(f"| {arm} | {e['mid_accuracy'][arm]:.1f} | {acc:.1f} | {e['extra_completions'][arm]:.0f} "
+        seeds = ", ".join(f"{x:.0f}" for x in e["mid_per_seed"][arm])
+        lines.append(f"| {arm} | {e['mid_accuracy'][arm]:.1f} ({seeds}) | {acc:.1f} | {e['extra_completions'][arm]:.0f} "
                      f"| {e['train_minutes'][arm]:.1f} |")
     lines += ["", f"Best constant at the end: {e['best_constant']}; at the midpoint: {e['best_constant_mid']}."]
     for arm, (d, se) in e["constants_vs_best"].items():
