@@ -36,6 +36,9 @@ from bench.algorithms_config import BASE_MODEL, TIER1_CONTROLLER, TIER1_DATASETS
 RESULTS = Path(__file__).parent / "results"
 STEPS, WARMUP, SEEDS, TUNE_SEED = 80, 10, (0, 1, 2), 0
 LEARNING_RATES = (1e-6, 3e-6, 1e-5, 3e-5)
+# The rate best or within a point of best on validation for every arm (and the second
+# analysis's rate for all of them; arith300 runs only at it).
+COMMON_LR = 3e-6
 CONSTANT_MUS = (0.5, 0.7, 0.8, 0.9)
 FINAL_ITEMS, VAL_ITEMS, CURVE_ITEMS = 200, 200, 100
 TASKS = {"arith16": 16, "arith300": 300}  # expert demonstrations (train[:n])
@@ -143,19 +146,21 @@ def pick_learning_rates(records: list[dict], arm_names) -> dict[str, float]:
 
 
 def summarise(records: list[dict], arm_names) -> dict:
-    """Per task at the picked rates: each arm's accuracy, the best constant, the controllers
-    minus it (paired), the best constant at the midpoint vs at the end, and the cost."""
+    """Per task, twice: at the rates tuned per arm, and with every arm at COMMON_LR. Each has
+    every arm's accuracy, the best constant, the controllers minus it (paired), the best
+    constant at the midpoint vs at the end, and the cost."""
     picks = pick_learning_rates(records, arm_names)
-    summary = {"learning_rates": picks, "tuning": tuning_table(records)}
-    for task in TASKS:
-        chosen = [r for r in records if r["task"] == task and r["arm"] in picks and r["lr"] == picks[r["arm"]]]
-        # Only seeds every arm finished, so that every comparison is paired.
-        seeds = set.intersection(*[{r["seed"] for r in chosen if r["arm"] == a} for a in picks]) if picks else set()
-        runs = {a: sorted((r for r in chosen if r["arm"] == a and r["seed"] in seeds), key=lambda r: r["seed"])
-                for a in picks}
-        if not seeds or not any(a.startswith("mu") for a in runs):
-            continue
-        summary[task] = task_summary(runs, sorted(seeds))
+    common = {arm: COMMON_LR for arm in arm_names}
+    summary = {"learning_rates": picks, "tuning": tuning_table(records), "tuned": {}, "common": {}}
+    for analysis, rates in (("tuned", picks), ("common", common)):
+        for task in TASKS:
+            chosen = [r for r in records if r["task"] == task and r["arm"] in rates and r["lr"] == rates[r["arm"]]]
+            # Only seeds every arm finished, so that every comparison is paired.
+            seeds = set.intersection(*[{r["seed"] for r in chosen if r["arm"] == a} for a in rates]) if rates else set()
+            runs = {a: sorted((r for r in chosen if r["arm"] == a and r["seed"] in seeds), key=lambda r: r["seed"])
+                    for a in rates}
+            if seeds and any(a.startswith("mu") for a in runs):
+                summary[analysis][task] = task_summary(runs, sorted(seeds))
     return summary
 
 
@@ -230,6 +235,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="*", default=list(TASKS))
     parser.add_argument("--arms", nargs="*", default=list(arms()))
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
+    parser.add_argument("--common-lr", action="store_true", help="Run every arm at COMMON_LR, without tuning.")
     parser.add_argument("--report-only", action="store_true", help="Summarise the finished runs in --work.")
     args = parser.parse_args()
     from bench.algorithms_runner import configure_env, install_committed_base
@@ -241,8 +247,10 @@ def main() -> None:
     configure_env(work)
     install_committed_base(work)
     if not args.report_only:
-        tuning = run_all([(TUNE_TASK, a, lr, TUNE_SEED) for a in args.arms for lr in LEARNING_RATES], work, args.jobs)
-        picks = pick_learning_rates(tuning, args.arms)
+        picks = {a: COMMON_LR for a in args.arms}
+        if not args.common_lr:
+            tuning = run_all([(TUNE_TASK, a, lr, TUNE_SEED) for a in args.arms for lr in LEARNING_RATES], work, args.jobs)
+            picks = pick_learning_rates(tuning, args.arms)
         for task in args.tasks:
             run_all([(task, a, picks[a], s) for s in args.seeds for a in args.arms], work, args.jobs)
     records = [json.loads(p.read_text()) for p in sorted((work / "runs").glob("*.json"))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bench.controller import AMFT, BANDIT, CURVE_ITEMS, FINAL_ITEMS, LEARNING_RATES, STEPS, TASKS, TUNE_SEED, \
+from bench.controller import AMFT, BANDIT, COMMON_LR, CURVE_ITEMS, FINAL_ITEMS, LEARNING_RATES, STEPS, TASKS, TUNE_SEED, \
     TUNE_TASK, VAL_ITEMS, WARMUP
 
 
@@ -29,14 +29,15 @@ def markdown(summary: dict, wall: float) -> str:
         picked = summary["learning_rates"].get(arm)
         lines.append(f"| {arm} | " + " | ".join(cells) + (f" | {picked:g} |" if picked else " | – |"))
     lines.append("")
-    for task in TASKS:
-        if task in summary:
-            lines += task_section(task, summary[task])
+    for analysis, title in (("tuned", "learning rate tuned per arm"), ("common", f"every arm at {COMMON_LR:g}")):
+        for task in TASKS:
+            if task in summary[analysis]:
+                lines += task_section(task, summary[analysis][task], title)
     return "\n".join(lines)
 
 
-def task_section(task: str, e: dict) -> list[str]:
-    lines = [f"## {task} ({TASKS[task]} demonstrations; seeds {e['seeds']})", "",
+def task_section(task: str, e: dict, title: str) -> list[str]:
+    lines = [f"## {task}, {title} ({TASKS[task]} demonstrations; seeds {e['seeds']})", "",
              "| arm | mid ID % (per seed) | final ID % | extra completions per run | train min per run |",
              "|---|---|---|---|---|"]
     for arm, acc in e["accuracy"].items():
