@@ -11,8 +11,9 @@ from bench.controller import AMFT, BANDIT, COMMON_LR, CURVE_ITEMS, FINAL_ITEMS, 
 def markdown(summary: dict, wall: float) -> str:
     """Findings placeholder, the tuning table, then one section per task."""
     lines = ["# Controller benchmark: the new AMFT controllers vs the best tuned constant mix (issue 16)", "",
-             f"Command: `python -m bench.controller --jobs 2`. {wall / 60:.0f} min of run time (sum over runs, "
-             "2 at a time on a 2-core CPU).",
+             "Commands: `python -m bench.controller --jobs 2 --tasks arith16` (tuning, then every seed at the "
+             "picked rates), `python -m bench.controller --jobs 2 --tasks arith300 --seeds 0 1 --common-lr`. "
+             f"{wall / 60:.0f} min of run time (sum over runs, 2 at a time on a 2-core CPU).",
              f"{STEPS} steps ({WARMUP} pure-SFT warm-up for every arm); learning rate per arm picked from "
              f"{list(LEARNING_RATES)} on {TUNE_TASK}, seed {TUNE_SEED}, by greedy accuracy on {VAL_ITEMS} validation "
              f"items; final score = greedy on the first {FINAL_ITEMS} ID test items per seed (paired across arms); "
