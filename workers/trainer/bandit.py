@@ -33,6 +33,10 @@ class BanditController(MuSchedule):
     def mu(self, step: int) -> float:
         return 1.0 if step <= self.warmup_steps else self.arms[self.chosen]
 
+    def possible_mus(self, total_steps: int) -> set[float]:
+        """Any arm may be chosen later, whichever is chosen first."""
+        return set(self.arms) | ({1.0} if self.warmup_steps else set())
+
     def wants_score(self, step: int) -> bool:
         """The end of the warm-up (the first baseline) and the end of every window."""
         return step >= self.warmup_steps and (step - self.warmup_steps) % self.window == 0 and step > 0

@@ -178,7 +178,7 @@ def setup(spec: JobSpec, hooks: TrainerHooks | None = None) -> Run:
 def _data_streams(spec: JobSpec, schedule: MuSchedule, settings, graded_fields: set[str]) -> dict[str, BatchStream]:
     """Load only the data this method uses: no SFT data for pure GRPO, no RL data for SFT."""
     total = spec.training.total_steps
-    mus = {schedule.mu(s) for s in range(1, total + 1)}
+    mus = schedule.possible_mus(total)
     streams = {}
     seed = spec.training.seed
     if any(m > 0 for m in mus):

@@ -28,6 +28,10 @@ class MuSchedule:
         """The weight of the SFT loss at this step."""
         return 1.0 if step <= self.warmup_steps else self.constant
 
+    def possible_mus(self, total_steps: int) -> set[float]:
+        """Every mu this schedule can take in a run (which data the run must load)."""
+        return {self.mu(step) for step in range(1, total_steps + 1)}
+
     def phase(self, step: int) -> Phase:
         return "warmup" if step <= self.warmup_steps else "main"
 

@@ -61,6 +61,9 @@ def test_state_round_trips_and_warm_up_is_pure_sft():
     assert copy.mu(20) == controller.mu(20) and copy.state_dict() == controller.state_dict()
     assert controller.mu(1) == controller.mu(2) == 1.0
     assert [s for s in range(1, 15) if controller.wants_score(s)] == [2, 5, 8, 11, 14]
+    # Every arm's data is loaded up front, even one the first window does not train at.
+    assert bandit(arms=(0.0, 0.5)).possible_mus(20) == {1.0, 0.0, 0.5}
+    assert BanditController(0, [0.0, 0.5], 3, 0.0, 1.0).possible_mus(20) == {0.0, 0.5}
 
 
 def test_spec_picks_the_bandit_and_its_validation_needs():
