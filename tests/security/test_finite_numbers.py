@@ -59,7 +59,8 @@ def number_paths(schema: dict, node: dict, path: tuple = (), seen: frozenset = f
 
 
 def with_value(body: dict, path: tuple, value) -> dict:
-    """A deep copy of `body` with `value` at `path`, creating objects and one-item lists."""
+    """A deep copy of `body` with `value` at `path`, creating objects and one-item lists
+    (a list of numbers gets `value` as its item)."""
     body = json.loads(json.dumps(body))
     node = body
     for key, nxt in zip(path, path[1:]):
@@ -72,6 +73,9 @@ def with_value(body: dict, path: tuple, value) -> dict:
             if not isinstance(node.get(key), type(default)):
                 node[key] = default
             node = node[key]
+    if isinstance(path[-1], int):  # a list of numbers (e.g. controller.bandit_arms)
+        while len(node) <= path[-1]:
+            node.append(value)
     node[path[-1]] = value
     return body
 
