@@ -52,16 +52,16 @@ def test_many_streams_share_one_poll_and_miss_nothing(pg_url, monkeypatch):
         assert feeds._feeds == {}, "a feed outlived its streams"
         return outputs
 
-    started = time.monotonic()
     outputs = anyio.run(main)
-    elapsed = time.monotonic() - started
     for out in outputs:
         assert [data["step"] for kind, data in out if kind == "metrics"] == list(range(1, STEPS + 1))
         assert [data["kind"] for kind, data in out if kind == "event"][-1] == "succeeded"
         assert out[-1] == ("end", {"status": "succeeded"})
-    # Per-stream polling would be STREAMS x (elapsed / POLL_SECONDS) queries; the shared
-    # feed polls about once per POLL_SECONDS (each stream's catch-up read is not counted).
-    assert 1 <= len(polls) <= elapsed / feeds_module.POLL_SECONDS + 3, (len(polls), elapsed)
+    # Per-stream polling would put STREAMS polls in every POLL_SECONDS; the shared feed never
+    # polls twice within one (each stream's catch-up read is not counted). A slow machine
+    # only spreads the polls further apart.
+    gaps = [later - earlier for earlier, later in zip(polls, polls[1:])]
+    assert polls and all(gap >= 0.9 * feeds_module.POLL_SECONDS for gap in gaps), gaps
 
 
 def test_position_after_a_trimmed_log_sends_the_stream_back_to_the_database():
