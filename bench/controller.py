@@ -75,14 +75,11 @@ def run_key(task: str, arm: str, lr: float, seed: int) -> str:
 
 def run_one(task: str, arm: str, lr: float, seed: int, work: str) -> dict:
     """Train one arm, score its final checkpoint item by item; cached in work/runs."""
-    from workers.trainer.data import arithmetic_split
-
     key = run_key(task, arm, lr, seed)
     out = Path(work) / "runs" / f"{key}.json"
     if out.is_file():
         return json.loads(out.read_text())
-    items = {"id": list(arithmetic_split("id"))[:FINAL_ITEMS], "val": list(arithmetic_split("validation"))[:VAL_ITEMS]}
-    trained = train_and_score(key, spec_for(task, arm, lr, seed), Path(work), items)
+    trained = train_and_score(key, spec_for(task, arm, lr, seed), Path(work), scored_items())
     scores = trained.pop("scores")
     record = {"task": task, "arm": arm, "lr": lr, "seed": seed, "scores": scores["id"], "val_scores": scores["val"]}
     record |= trained
@@ -114,15 +111,20 @@ def train_and_score(key: str, spec: dict, work: Path, items: dict[str, list[dict
             "steps": [{k: p[k] for k in KEPT_METRICS if k in p} for p in points]}
 
 
+def scored_items() -> dict[str, list[dict]]:
+    """The items every final checkpoint is scored on: ID test ("id") and validation ("val")."""
+    from workers.trainer.data import arithmetic_split
+
+    return {"id": list(arithmetic_split("id"))[:FINAL_ITEMS], "val": list(arithmetic_split("validation"))[:VAL_ITEMS]}
+
+
 def base_accuracy(work: Path) -> dict[str, float]:
     """The committed base's greedy accuracy (%) on the same ID and validation items; cached."""
     from bench.algorithms_runner import evaluate_model
-    from workers.trainer.data import arithmetic_split
 
     out = work / "base.json"
     if not out.is_file():
-        items = {"id": list(arithmetic_split("id"))[:FINAL_ITEMS], "val": list(arithmetic_split("validation"))[:VAL_ITEMS]}
-        scores = evaluate_model(f"local:{BASE_MODEL}", items, work, "cpu")
+        scores = evaluate_model(f"local:{BASE_MODEL}", scored_items(), work, "cpu")
         out.write_text(json.dumps({name: 100 * sum(v) / len(v) for name, v in scores.items()}))
     return json.loads(out.read_text())
 
@@ -166,7 +168,7 @@ def summarise(records: list[dict], arm_names) -> dict:
 
 def task_summary(runs: dict[str, list[dict]], seeds: list[int]) -> dict:
     scores = {a: [x for r in rs for x in r["scores"]] for a, rs in runs.items()}
-    mid = {a: [x for r in rs for x in [100 * next(p["eval_accuracy_id"] for p in r["steps"] if p["step"] == STEPS // 2)]]
+    mid = {a: [100 * next(p["eval_accuracy_id"] for p in r["steps"] if p["step"] == STEPS // 2) for r in rs]
            for a, rs in runs.items()}
     accuracy = {a: 100 * sum(v) / len(v) for a, v in scores.items()}
     constants = [a for a in runs if a.startswith("mu")]

@@ -132,7 +132,6 @@ def test_resume_mid_meta_window_on_a_different_world_size_replays_the_window(tmp
     assert [p["step"] for p in by_two] == [3, 4, 5] and [p["step"] for p in by_one] == [5]
     for got in by_two + by_one:
         want = reference[got["step"] - 1]
-        print(f"step {got['step']}: mu {got['mu']} meta_grad {got['meta_grad']:.7f} vs {want['meta_grad']:.7f}")
         for key in ("mu", "meta_grad", "loss"):
             assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (got["step"], key)
 
